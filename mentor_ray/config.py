@@ -1,0 +1,461 @@
+"""One typed config tree for a MENTOR run, loaded from YAML with dotted command-line overrides.
+
+Every section is a dataclass whose defaults are the paper's (MENTOR.md section 8), except where
+a comment says otherwise. `load_config` checks keys and types against the dataclass fields and
+then runs each section's `check`, so a config that cannot run fails at load, with the key, the
+value and what is allowed, before any work starts.
+
+Model and data paths may name the project's toy world (`toy://policy`, `toy://expert`,
+`toy://train`, `toy://eval`); the embedded default uses them, so a run with no arguments needs
+no downloads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot run. The message names every offending key."""
+
+
+def _problem(errors: list[str], key: str, value: Any, allowed: str) -> None:
+    errors.append(f"{key}={value!r}: {allowed}")
+
+
+@dataclass
+class ModelConfig:
+    policy_path: str = "toy://policy"
+    # The expert must share the policy's tokenizer; None means no guidance (N2 must be 0).
+    expert_path: str | None = "toy://expert"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Engine context: prompt + response must fit.
+    max_model_len: int = 9216
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if not self.policy_path:
+            _problem(errors, f"{prefix}.policy_path", self.policy_path, "must name a model folder or toy://policy")
+        if self.max_model_len < 2:
+            _problem(errors, f"{prefix}.max_model_len", self.max_model_len, "must be >= 2")
+
+
+@dataclass
+class DataConfig:
+    train_path: str = "toy://train"
+    eval_path: str | None = "toy://eval"
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    id_field: str | None = None
+    # None: the paper's prompt for real data, the toy world's short one for toy:// data.
+    system_prompt: str | None = None
+    max_prompt_tokens: int = 1024
+    shuffle: bool = True
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if self.max_prompt_tokens < 1:
+            _problem(errors, f"{prefix}.max_prompt_tokens", self.max_prompt_tokens, "must be >= 1")
+        if not self.train_path:
+            _problem(errors, f"{prefix}.train_path", self.train_path, "must name a dataset")
+
+
+@dataclass
+class RolloutConfig:
+    prompts_per_step: int = 128
+    n_on_policy: int = 8  # N1
+    n_mixed: int = 4  # N2
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_response_tokens: int = 8192
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if self.prompts_per_step < 1:
+            _problem(errors, f"{prefix}.prompts_per_step", self.prompts_per_step, "must be >= 1")
+        if self.n_on_policy < 2:
+            # GRPO's baseline is the group's on-policy mean and std: one sample has no spread.
+            _problem(errors, f"{prefix}.n_on_policy", self.n_on_policy, "must be >= 2 (GRPO needs a group)")
+        if self.n_mixed < 0:
+            _problem(errors, f"{prefix}.n_mixed", self.n_mixed, "must be >= 0 (0 = GRPO baseline)")
+        if not self.temperature > 0:
+            _problem(errors, f"{prefix}.temperature", self.temperature, "must be > 0")
+        if not 0 < self.top_p <= 1:
+            _problem(errors, f"{prefix}.top_p", self.top_p, "must be in (0, 1]")
+        if self.max_response_tokens < 1:
+            _problem(errors, f"{prefix}.max_response_tokens", self.max_response_tokens, "must be >= 1")
+
+    @property
+    def guidance_ratio(self) -> float:
+        return self.n_mixed / (self.n_on_policy + self.n_mixed)
+
+
+@dataclass
+class GuidanceConfig:
+    entropy_quantile: float = 0.95
+    tau_floor: float = 1.5  # from the official code; not in the paper
+    tau_init: float = 999.0  # step 1 is in effect on-policy
+    alpha_0: float = 1.0
+    decay_steps: int = 120
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if not 0 < self.entropy_quantile < 1:
+            _problem(errors, f"{prefix}.entropy_quantile", self.entropy_quantile, "must be in (0, 1)")
+        if not self.tau_floor > 0:
+            _problem(errors, f"{prefix}.tau_floor", self.tau_floor, "must be > 0")
+        if not self.tau_init > 0:
+            _problem(errors, f"{prefix}.tau_init", self.tau_init, "must be > 0")
+        if self.alpha_0 < 0:
+            _problem(errors, f"{prefix}.alpha_0", self.alpha_0, "must be >= 0")
+        if self.decay_steps < 1:
+            _problem(errors, f"{prefix}.decay_steps", self.decay_steps, "must be >= 1")
+
+
+@dataclass
+class LossConfig:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip: float | None = 3.0  # None disables
+    kl_coef: float = 0.0
+    entropy_coef: float = 0.0
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if not 0 < self.eps_low < 1:
+            _problem(errors, f"{prefix}.eps_low", self.eps_low, "must be in (0, 1)")
+        if not self.eps_high > 0:
+            _problem(errors, f"{prefix}.eps_high", self.eps_high, "must be > 0")
+        if self.dual_clip is not None and not self.dual_clip > 1:
+            _problem(errors, f"{prefix}.dual_clip", self.dual_clip, "must be > 1, or null to disable")
+        if self.kl_coef < 0:
+            _problem(errors, f"{prefix}.kl_coef", self.kl_coef, "must be >= 0")
+
+
+@dataclass
+class OptimizerConfig:
+    lr: float = 1e-6
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    mini_batch_prompts: int = 64  # prompts per optimizer step
+    ppo_epochs: int = 1
+    micro_batch_samples: int = 8  # sequences per forward/backward on one worker
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if not self.lr > 0:
+            _problem(errors, f"{prefix}.lr", self.lr, "must be > 0")
+        if self.weight_decay < 0:
+            _problem(errors, f"{prefix}.weight_decay", self.weight_decay, "must be >= 0")
+        if not all(0 <= b < 1 for b in self.betas):
+            _problem(errors, f"{prefix}.betas", self.betas, "each must be in [0, 1)")
+        if not self.grad_clip > 0:
+            _problem(errors, f"{prefix}.grad_clip", self.grad_clip, "must be > 0")
+        for name in ("mini_batch_prompts", "ppo_epochs", "micro_batch_samples"):
+            if getattr(self, name) < 1:
+                _problem(errors, f"{prefix}.{name}", getattr(self, name), "must be >= 1")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    bf16: bool = False
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if self.offload_params and self.zero_stage != 3:
+            _problem(errors, f"{prefix}.offload_params", True, "needs zero_stage=3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            _problem(errors, f"{prefix}.offload_optimizer", True, "needs zero_stage >= 1")
+
+
+@dataclass
+class ScalingConfig:
+    num_policy_engines: int = 1
+    num_mixed_engines: int = 1
+    num_learner_workers: int = 1
+    use_gpu: bool = False
+    gpus_per_engine: int = 1  # tensor-parallel size of one engine, on GPU
+    cpus_per_engine: float = 1.0
+    cpus_per_learner_worker: float = 1.0
+    # Logical CPUs for a local Ray instance; on 2 physical cores Ray needs more than it
+    # detects or actors sit PENDING (CPU_NOTES.md). None: leave Ray's detection alone.
+    local_num_cpus: int | None = 8
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        for name in ("num_policy_engines", "num_learner_workers", "gpus_per_engine"):
+            if getattr(self, name) < 1:
+                _problem(errors, f"{prefix}.{name}", getattr(self, name), "must be >= 1")
+        if self.num_mixed_engines < 0:
+            _problem(errors, f"{prefix}.num_mixed_engines", self.num_mixed_engines, "must be >= 0")
+
+
+@dataclass
+class RewardConfig:
+    accuracy_weight: float = 0.9
+    format_weight: float = 0.1
+    timeout_s: float = 5.0
+    num_processes: int = 2
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if self.accuracy_weight < 0 or self.format_weight < 0:
+            _problem(errors, f"{prefix}.accuracy_weight/format_weight",
+                     (self.accuracy_weight, self.format_weight), "must be >= 0")
+        elif self.accuracy_weight + self.format_weight <= 0:
+            _problem(errors, f"{prefix}.accuracy_weight+format_weight",
+                     self.accuracy_weight + self.format_weight, "must be > 0")
+        if not self.timeout_s > 0:
+            _problem(errors, f"{prefix}.timeout_s", self.timeout_s, "must be > 0")
+        if self.num_processes < 1:
+            _problem(errors, f"{prefix}.num_processes", self.num_processes, "must be >= 1")
+
+
+LOGGER_SINKS = ("jsonl", "tensorboard", "wandb", "swanlab", "mlflow")
+
+
+@dataclass
+class LoggingConfig:
+    run_root: str = "runs"
+    run_name: str | None = None  # None: mentor-<timestamp>
+    sinks: list[str] = field(default_factory=lambda: ["jsonl"])
+    project: str = "mentor-ray"
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        for sink in self.sinks:
+            if sink not in LOGGER_SINKS:
+                _problem(errors, f"{prefix}.sinks", sink, f"each must be one of {list(LOGGER_SINKS)}")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 10
+    keep_last: int = 3
+    resume_from: str | None = None
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if self.every_steps < 1:
+            _problem(errors, f"{prefix}.every_steps", self.every_steps, "must be >= 1")
+        if self.keep_last < 1:
+            _problem(errors, f"{prefix}.keep_last", self.keep_last, "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 5  # 0 disables periodic validation
+    greedy: bool = True
+    sampled_samples: int = 0  # extra samples per problem at `sampled_temperature`; 0 = greedy only
+    sampled_temperature: float = 0.6
+    max_problems: int | None = None
+    max_response_tokens: int | None = None  # None: rollout.max_response_tokens
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if self.every_steps < 0:
+            _problem(errors, f"{prefix}.every_steps", self.every_steps, "must be >= 0")
+        if self.sampled_samples < 0:
+            _problem(errors, f"{prefix}.sampled_samples", self.sampled_samples, "must be >= 0")
+        if not self.sampled_temperature > 0:
+            _problem(errors, f"{prefix}.sampled_temperature", self.sampled_temperature, "must be > 0")
+
+
+@dataclass
+class MentorConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 42
+    total_steps: int = 200
+    # Updates skipped for a NaN loss or grad norm before the run stops.
+    max_skipped_updates: int = 3
+
+    def check(self, errors: list[str], prefix: str = "") -> None:
+        for section in dataclasses.fields(self):
+            value = getattr(self, section.name)
+            if dataclasses.is_dataclass(value):
+                value.check(errors, section.name)
+        if self.total_steps < 1:
+            _problem(errors, "total_steps", self.total_steps, "must be >= 1")
+        if self.max_skipped_updates < 0:
+            _problem(errors, "max_skipped_updates", self.max_skipped_updates, "must be >= 0")
+        # Cross-section rules: a config that cannot run.
+        if self.rollout.n_mixed > 0 and not self.model.expert_path:
+            _problem(errors, "rollout.n_mixed", self.rollout.n_mixed,
+                     "needs model.expert_path (mixed-policy samples come from the expert); set rollout.n_mixed=0 for the GRPO baseline")
+        if self.rollout.n_mixed > 0 and self.scaling.num_mixed_engines < 1:
+            _problem(errors, "scaling.num_mixed_engines", self.scaling.num_mixed_engines,
+                     "must be >= 1 when rollout.n_mixed > 0")
+        if self.rollout.prompts_per_step % self.optimizer.mini_batch_prompts != 0:
+            _problem(errors, "optimizer.mini_batch_prompts", self.optimizer.mini_batch_prompts,
+                     f"must divide rollout.prompts_per_step={self.rollout.prompts_per_step}")
+        if self.data.max_prompt_tokens + self.rollout.max_response_tokens > self.model.max_model_len:
+            _problem(errors, "model.max_model_len", self.model.max_model_len,
+                     f"must be >= data.max_prompt_tokens + rollout.max_response_tokens "
+                     f"= {self.data.max_prompt_tokens + self.rollout.max_response_tokens}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML -> dict -> typed, checked dataclasses.
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _coerce(value: Any, annotation: Any, key: str, errors: list[str]) -> Any:
+    """Check `value` against a field annotation; return it converted where lossless."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        candidates = [a for a in args if a is not type(None)]
+        for candidate in candidates:
+            trial: list[str] = []
+            converted = _coerce(value, candidate, key, trial)
+            if not trial:
+                return converted
+        _problem(errors, key, value, f"must be {' or '.join(_type_name(a) for a in args)}")
+        return value
+    if origin is Literal:
+        if value not in args or type(value) is bool and True not in args and False not in args:
+            _problem(errors, key, value, f"must be one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            _problem(errors, key, value, f"must be a list ({_type_name(annotation)})")
+            return value
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                _problem(errors, key, value, f"must have {len(args)} items")
+                return value
+            return tuple(_coerce(v, a, f"{key}[{i}]", errors) for i, (v, a) in enumerate(zip(value, args)))
+        item_type = args[0] if args else Any
+        items = [_coerce(v, item_type, f"{key}[{i}]", errors) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if annotation is Any:
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            _problem(errors, key, value, "must be true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _problem(errors, key, value, "must be an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _problem(errors, key, value, "must be a number")
+            return value
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            _problem(errors, key, value, "must be a string")
+        return value
+    raise TypeError(f"config field {key} has an unsupported annotation {annotation!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            suggestion = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f"; did you mean {prefix}{suggestion[0]}?" if suggestion else ""
+            errors.append(f"{dotted}: unknown key (allowed under {prefix.rstrip('.') or 'the top level'}: {sorted(fields)}){hint}")
+            continue
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                _problem(errors, dotted, value, f"must be a mapping of {annotation.__name__} keys")
+                continue
+            kwargs[key] = _build(annotation, value, f"{dotted}.", errors)
+        else:
+            kwargs[key] = _coerce(value, annotation, dotted, errors)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+    parts = dotted_key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted_key}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`guidance.entropy_quantile=0.9` -> ("guidance.entropy_quantile", 0.9); values are YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. guidance.entropy_quantile=0.9")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from error
+    return key.strip(), value
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> MentorConfig:
+    errors: list[str] = []
+    config = _build(MentorConfig, data, "", errors)
+    if not errors:
+        config.check(errors)
+    if errors:
+        raise ConfigError(f"invalid {source}:\n  " + "\n  ".join(errors))
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MentorConfig:
+    """Defaults, then the YAML file (if any), then `key=value` overrides, then checks."""
+    data: dict[str, Any] = {}
+    source = "default config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(loaded).__name__}")
+        data = loaded or {}
+        source = f"config {path}"
+    for override in overrides or []:
+        key, value = parse_override(override)
+        _set_dotted(data, key, value)
+    if overrides:
+        source += " with overrides"
+    return config_from_dict(data, source)
+
+
+def save_config(config: MentorConfig, path: str | Path) -> None:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    Path(path).write_text(yaml.safe_dump(plain(config.to_dict()), sort_keys=False))

@@ -1,0 +1,139 @@
+"""The policy objective, assembled from named per-token components.
+
+The learner is blind to the algorithm: it hands a `PolicyLossInputs` to `policy_loss` and
+backpropagates the returned scalar. Which components run, and with what weight, is data
+(`LossWeights`), not a string switch in the trainer. A new component is one function added
+to `TOKEN_LOSS_COMPONENTS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class PolicyLossInputs:
+    """Per-token tensors of shape [batch, response_len] (advantages may be [batch])."""
+
+    log_probs: torch.Tensor
+    old_log_probs: torch.Tensor
+    advantages: torch.Tensor
+    response_mask: torch.Tensor
+    entropy: torch.Tensor | None = None
+    reference_log_probs: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    dual_clip: float | None = 3.0
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    policy: float = 1.0
+    kl: float = 0.0
+    entropy: float = 0.0
+
+
+@dataclass
+class PolicyLossOutput:
+    loss: torch.Tensor
+    metrics: dict[str, float]
+
+
+def ppo_clip_token_loss(
+    inputs: PolicyLossInputs, clip: ClipSettings
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO-clip with DAPO clip-higher (asymmetric eps) and dual clip on negative advantages.
+
+    Returns the per-token loss and boolean per-token masks of where each clip was active.
+    """
+    advantages = inputs.advantages
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1).expand_as(inputs.log_probs)
+    # The log-ratio is clamped only to keep exp finite; the clip below does the real work.
+    log_ratio = torch.clamp(inputs.log_probs - inputs.old_log_probs, min=-20.0, max=20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip.eps_low, 1.0 + clip.eps_high)
+    token_loss = torch.maximum(unclipped, clipped)
+    masks = {
+        "clip_high": (ratio > 1.0 + clip.eps_high) & (advantages > 0),
+        "clip_low": (ratio < 1.0 - clip.eps_low) & (advantages < 0),
+    }
+    if clip.dual_clip is not None:
+        # With A < 0 a huge ratio makes the loss unbounded; cap it at -A * c (Ye et al. 2020).
+        dual_bound = -advantages * clip.dual_clip
+        dual_active = (advantages < 0) & (token_loss > dual_bound)
+        token_loss = torch.where(advantages < 0, torch.minimum(token_loss, dual_bound), token_loss)
+        masks["dual_clip"] = dual_active
+    return token_loss, masks
+
+
+def kl_token_loss(inputs: PolicyLossInputs) -> torch.Tensor:
+    """k3 estimator of KL(pi_theta || pi_ref): exp(ref - logp) - (ref - logp) - 1, >= 0."""
+    if inputs.reference_log_probs is None:
+        raise ValueError("the KL term needs reference_log_probs; set loss.kl_coef=0 or provide a reference model")
+    delta = torch.clamp(inputs.reference_log_probs - inputs.log_probs, min=-20.0, max=20.0)
+    return torch.exp(delta) - delta - 1.0
+
+
+def entropy_token_loss(inputs: PolicyLossInputs) -> torch.Tensor:
+    """Negative entropy, so a positive weight is an entropy bonus."""
+    if inputs.entropy is None:
+        raise ValueError("the entropy term needs per-token entropy; set loss.entropy_coef=0 or compute it")
+    return -inputs.entropy
+
+
+TOKEN_LOSS_COMPONENTS: dict[str, Callable[[PolicyLossInputs], torch.Tensor]] = {
+    "kl": kl_token_loss,
+    "entropy": entropy_token_loss,
+}
+
+
+def masked_token_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum()
+
+
+def policy_loss(
+    inputs: PolicyLossInputs,
+    clip: ClipSettings,
+    weights: LossWeights,
+    token_normalizer: float | None = None,
+) -> PolicyLossOutput:
+    """Token-level mean of the weighted components over the mini-batch.
+
+    `token_normalizer` is the number of response tokens the mean is over. A learner that
+    splits one global mini-batch across ranks and micro-batches passes the GLOBAL count here
+    (times the data-parallel world size when gradients are averaged across ranks), so every
+    token weighs the same no matter where it landed. Default: this batch's own token count.
+    """
+    mask = inputs.response_mask.to(inputs.log_probs.dtype)
+    local_tokens = mask.sum()
+    normalizer = float(token_normalizer) if token_normalizer is not None else float(local_tokens.clamp(min=1))
+    if normalizer <= 0:
+        raise ValueError(f"token_normalizer must be > 0, got {normalizer}")
+
+    ppo_tokens, clip_masks = ppo_clip_token_loss(inputs, clip)
+    components = {"policy": ppo_tokens}
+    for name, component in TOKEN_LOSS_COMPONENTS.items():
+        if getattr(weights, name) != 0.0:
+            components[name] = component(inputs)
+
+    loss = torch.zeros((), dtype=inputs.log_probs.dtype, device=inputs.log_probs.device)
+    metrics: dict[str, float] = {}
+    for name, token_values in components.items():
+        term = masked_token_sum(token_values, mask) / normalizer
+        loss = loss + getattr(weights, name) * term
+        metrics[f"loss/{name}"] = float(term.detach())
+    # Clip fractions are over this batch's tokens: sums, so a learner can aggregate exactly.
+    count = float(local_tokens.clamp(min=1))
+    for name, active in clip_masks.items():
+        metrics[f"clip/{name}_fraction"] = float((active.to(mask.dtype) * mask).sum()) / count
+    metrics["loss/tokens"] = float(local_tokens)
+    return PolicyLossOutput(loss=loss, metrics=metrics)

@@ -1,0 +1,148 @@
+"""The toy task: short integer expressions with + - * and operator precedence.
+
+A problem reads ``Compute 7+5*3-2``; its intended response works the expression out one
+binary operation at a time, multiplications first, then left to right::
+
+    <think>5*3=15;7+15=22;22-2=20</think> \\boxed{20}
+
+Why this task: every answer is checkable exactly, a response is 20-50 characters (so a
+character-level model keeps RL on CPU cheap), and it mixes separable skills (copying,
+precedence, addition/subtraction with carries, the multiplication table) so a policy can be
+made weak in exactly one of them (``op_weights``) while an expert is strong in all.
+
+Constraints that keep it learnable by a tiny model: operands are 1-9, a ``*`` never chains
+(each product is single digit times single digit), and every intermediate value stays in
+0..99 (problems breaking this are redrawn).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+OPERATORS = ("+", "-", "*")
+MIN_OPERAND, MAX_OPERAND = 1, 9
+MAX_VALUE = 99
+PROBLEM_PREFIX = "Compute "
+# Bounded retries per problem: with the default weights a draw is accepted ~60% of the time,
+# so this only trips on degenerate op_weights (e.g. only "-" with many steps).
+_MAX_DRAWS_PER_PROBLEM = 10_000
+
+
+@dataclass(frozen=True)
+class WorkedExpression:
+    """An expression, the steps that evaluate it, and its value."""
+
+    text: str
+    steps: tuple[str, ...]
+    value: int
+
+
+def evaluate_stepwise(operands: list[int], operators: list[str]) -> WorkedExpression | None:
+    """Evaluates with precedence, recording one ``a?b=c`` step per operation.
+
+    Returns None when an intermediate value leaves 0..MAX_VALUE (the problem is then redrawn).
+    """
+    text = "".join(f"{a}{op}" for a, op in zip(operands, operators)) + str(operands[-1])
+    values, ops = list(operands), list(operators)
+    steps: list[str] = []
+    # Multiplications first, leftmost first; the generator never puts two "*" side by side,
+    # so each product is of two original single-digit operands.
+    while "*" in ops:
+        i = ops.index("*")
+        result = values[i] * values[i + 1]
+        steps.append(f"{values[i]}*{values[i + 1]}={result}")
+        values[i : i + 2] = [result]
+        del ops[i]
+    while ops:
+        a, op, b = values[0], ops[0], values[1]
+        result = a + b if op == "+" else a - b
+        if not 0 <= result <= MAX_VALUE:
+            return None
+        steps.append(f"{a}{op}{b}={result}")
+        values[0:2] = [result]
+        del ops[0]
+    return WorkedExpression(text=text, steps=tuple(steps), value=values[0])
+
+
+def format_solution(steps: tuple[str, ...], answer: int) -> str:
+    """The intended response: the working inside <think>, then the boxed answer."""
+    return f"<think>{';'.join(steps)}</think> \\boxed{{{answer}}}"
+
+
+def _difficulty_range(difficulty: int | tuple[int, int]) -> tuple[int, int]:
+    low, high = (difficulty, difficulty) if isinstance(difficulty, int) else tuple(difficulty)
+    if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= 6):
+        raise ValueError(
+            f"difficulty must be an int or (min, max) pair of operation counts in 1..6, got {difficulty!r}"
+        )
+    return low, high
+
+
+def _operator_weights(op_weights: Mapping[str, float] | None) -> list[float]:
+    if op_weights is None:
+        return [1.0] * len(OPERATORS)
+    unknown = set(op_weights) - set(OPERATORS)
+    if unknown:
+        raise ValueError(f"op_weights has unknown operators {sorted(unknown)}; allowed {OPERATORS}")
+    weights = [float(op_weights.get(op, 0.0)) for op in OPERATORS]
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"op_weights must be >= 0 with a positive sum, got {dict(op_weights)}")
+    return weights
+
+
+def _draw_operators(rng: random.Random, count: int, weights: list[float]) -> list[str]:
+    operators: list[str] = []
+    for _ in range(count):
+        # No "*" right after "*": keeps every product single digit times single digit.
+        allowed = [
+            (op, w) for op, w in zip(OPERATORS, weights) if not (op == "*" and operators[-1:] == ["*"])
+        ]
+        ops, ws = zip(*allowed)
+        operators.append(rng.choices(ops, weights=ws)[0] if sum(ws) > 0 else rng.choice(ops))
+    return operators
+
+
+def generate_problems(
+    n: int,
+    seed: int,
+    difficulty: int | tuple[int, int] = (2, 3),
+    op_weights: Mapping[str, float] | None = None,
+    id_prefix: str = "toy",
+) -> list[dict]:
+    """``n`` problems as dicts ``{problem_id, problem, answer, solution}``; same seed, same list.
+
+    difficulty: number of operations per problem, an int or an inclusive (min, max) range.
+    op_weights: relative frequency of "+", "-", "*" (default equal). A small "*" weight makes
+    data that under-represents multiplication (how the toy policy is kept weak at it).
+    ``answer`` is the value as a string; ``solution`` is the full intended response text.
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    low, high = _difficulty_range(difficulty)
+    weights = _operator_weights(op_weights)
+    rng = random.Random(seed)
+    problems = []
+    for index in range(n):
+        for _ in range(_MAX_DRAWS_PER_PROBLEM):
+            count = rng.randint(low, high)
+            operators = _draw_operators(rng, count, weights)
+            operands = [rng.randint(MIN_OPERAND, MAX_OPERAND) for _ in range(count + 1)]
+            worked = evaluate_stepwise(operands, operators)
+            if worked is not None:
+                break
+        else:
+            raise ValueError(
+                f"could not draw a problem with values in 0..{MAX_VALUE} for difficulty={difficulty!r}, "
+                f"op_weights={op_weights!r}"
+            )
+        problems.append(
+            {
+                "problem_id": f"{id_prefix}-{seed}-{index}",
+                "problem": PROBLEM_PREFIX + worked.text,
+                "answer": str(worked.value),
+                "solution": format_solution(worked.steps, worked.value),
+            }
+        )
+    return problems

