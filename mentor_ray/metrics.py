@@ -1,0 +1,185 @@
+"""Step metrics (one flat namespace: `rollout/...`, `train/...`, `val/...`, `time/...`) and sinks.
+
+Metric functions are pure: they take a step's rollout rows or tensors and return floats. Sinks
+write a step's metrics somewhere; JSONL always, the others when configured. Each optional
+sink imports its package only when asked, and a missing one is an error naming the extra.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import numpy as np
+import torch
+
+KEYWORDS = ("verify", "check", "wait", "okay")
+_KEYWORD_PATTERNS = {word: re.compile(rf"\b{word}\b", re.IGNORECASE) for word in KEYWORDS}
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return float(np.mean(values)) if values else float("nan")
+
+
+def rollout_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Rewards, accuracy, format rate, response length and keyword rates, on-policy vs mixed."""
+    metrics: dict[str, float] = {}
+    for label, is_mixed in (("on_policy", False), ("mixed", True)):
+        group = [row for row in rows if bool(row["is_mixed"]) == is_mixed]
+        metrics[f"rollout/{label}_samples"] = float(len(group))
+        if not group:
+            continue
+        metrics[f"rollout/{label}_reward"] = _mean(row["reward"] for row in group)
+        metrics[f"rollout/{label}_accuracy"] = _mean(row["accuracy"] for row in group)
+        metrics[f"rollout/{label}_format_rate"] = _mean(row["format"] for row in group)
+        metrics[f"rollout/{label}_response_length"] = _mean(len(row["response_token_ids"]) for row in group)
+        for word, pattern in _KEYWORD_PATTERNS.items():
+            metrics[f"rollout/{label}_keyword_{word}"] = _mean(
+                len(pattern.findall(row["response_text"])) for row in group
+            )
+    metrics["rollout/reward"] = _mean(row["reward"] for row in rows)
+    metrics["rollout/accuracy"] = _mean(row["accuracy"] for row in rows)
+    metrics["rollout/format_rate"] = _mean(row["format"] for row in rows)
+    metrics["rollout/response_length"] = _mean(len(row["response_token_ids"]) for row in rows)
+    metrics["rollout/truncated_rate"] = _mean(row["finish_reason"] == "length" for row in rows)
+    return metrics
+
+
+def entropy_metrics(on_policy_token_entropies: torch.Tensor) -> dict[str, float]:
+    values = on_policy_token_entropies.detach().flatten().float()
+    if values.numel() == 0:
+        return {}
+    return {
+        "rollout/entropy_mean": float(values.mean()),
+        "rollout/entropy_p95": float(torch.quantile(values[:16_000_000], 0.95)),
+    }
+
+
+def mixture_metrics(summary: dict[str, float]) -> dict[str, float]:
+    positions = summary.get("scored_positions", 0.0)
+    if positions <= 0:
+        return {}
+    return {
+        "rollout/mixture_weight_mean": summary["mixture_weight_sum"] / positions,
+        "rollout/full_expert_share": summary["full_expert_positions"] / positions,
+    }
+
+
+class MetricSink(Protocol):
+    def log(self, step: int, metrics: dict[str, float]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonlSink:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}, allow_nan=True) + "\n")
+
+    def close(self) -> None:
+        pass
+
+
+def _require(module: str, extra: str):
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise ImportError(
+            f"logging sink {extra!r} needs the {module!r} package: pip install 'mentor-ray[{extra}]'"
+        ) from error
+
+
+class TensorBoardSink:
+    def __init__(self, log_dir: Path) -> None:
+        _require("tensorboard", "tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(log_dir))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbSink:
+    def __init__(self, project: str, run_name: str, config: dict[str, Any]) -> None:
+        self.wandb = _require("wandb", "wandb")
+        self.run = self.wandb.init(project=project, name=run_name, config=config)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class SwanLabSink:
+    def __init__(self, project: str, run_name: str, config: dict[str, Any]) -> None:
+        self.swanlab = _require("swanlab", "swanlab")
+        self.run = self.swanlab.init(project=project, experiment_name=run_name, config=config)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self.swanlab.log(metrics, step=step)
+
+    def close(self) -> None:
+        self.swanlab.finish()
+
+
+class MlflowSink:
+    def __init__(self, project: str, run_name: str, config: dict[str, Any]) -> None:
+        self.mlflow = _require("mlflow", "mlflow")
+        self.mlflow.set_experiment(project)
+        self.mlflow.start_run(run_name=run_name)
+        self.mlflow.log_params({k: str(v) for k, v in _flatten(config).items()})
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        # MLflow metric names may not contain every character; '/' is allowed.
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items() if np.isfinite(v)}, step=step)
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def build_sinks(names: list[str], run_dir: Path, project: str, run_name: str, config: dict[str, Any]) -> list[MetricSink]:
+    sinks: list[MetricSink] = [JsonlSink(run_dir / "metrics.jsonl")]
+    factories = {
+        "tensorboard": lambda: TensorBoardSink(run_dir / "tensorboard"),
+        "wandb": lambda: WandbSink(project, run_name, config),
+        "swanlab": lambda: SwanLabSink(project, run_name, config),
+        "mlflow": lambda: MlflowSink(project, run_name, config),
+    }
+    for name in names:
+        if name != "jsonl":
+            sinks.append(factories[name]())
+    return sinks
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """Rows of a metrics.jsonl; a step logged twice (after a resume) keeps its last record."""
+    by_step: dict[int, dict[str, float]] = {}
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[int(record["step"])] = record
+    return [by_step[step] for step in sorted(by_step)]

@@ -1,0 +1,72 @@
+"""PNG plots of one or more runs' metrics.jsonl against step (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from mentor_ray.metrics import read_metrics
+
+# (file name, title, [(metric key, label suffix)])
+PANELS = (
+    ("val_accuracy.png", "Validation accuracy (greedy)", [("val/greedy_accuracy", "")]),
+    ("entropy.png", "Policy entropy (on-policy tokens)", [("rollout/entropy_mean", "mean"), ("rollout/entropy_p95", "p95")]),
+    ("response_length.png", "Response length (tokens)", [("rollout/on_policy_response_length", "on-policy"), ("rollout/mixed_response_length", "mixed")]),
+    ("reward.png", "Rollout reward", [("rollout/on_policy_reward", "on-policy"), ("rollout/mixed_reward", "mixed")]),
+)
+
+
+def plot_runs(runs: dict[str, Path], out_dir: Path) -> list[Path]:
+    """One PNG per panel; each run (label -> run folder) is drawn into the same axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    histories = {label: read_metrics(Path(folder) / "metrics.jsonl") for label, folder in runs.items()}
+    written = []
+    for file_name, title, series in PANELS:
+        figure, axes = plt.subplots(figsize=(6, 4))
+        drawn = 0
+        for label, history in histories.items():
+            for key, suffix in series:
+                points = [(r["step"], r[key]) for r in history if key in r and r[key] is not None and not math.isnan(r[key])]
+                if points:
+                    steps, values = zip(*points)
+                    axes.plot(steps, values, marker="o", markersize=3, label=" ".join(p for p in (label, suffix) if p))
+                    drawn += 1
+        axes.set_title(title)
+        axes.set_xlabel("step")
+        if drawn:
+            axes.legend()
+        else:
+            axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
+        figure.tight_layout()
+        path = out_dir / file_name
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m mentor_ray.plots OUT_DIR LABEL=RUN_DIR [LABEL=RUN_DIR ...]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Draw runs into the same plots (e.g. MENTOR vs GRPO).")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
+    args = parser.parse_args(argv)
+    runs = {}
+    for item in args.runs:
+        label, sep, folder = item.partition("=")
+        if not sep or not (Path(folder) / "metrics.jsonl").is_file():
+            parser.error(f"{item!r}: expected LABEL=RUN_DIR with RUN_DIR/metrics.jsonl present")
+        runs[label] = Path(folder)
+    for path in plot_runs(runs, args.out_dir):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

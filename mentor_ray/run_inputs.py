@@ -1,0 +1,129 @@
+"""Everything a run reads, resolved and checked before any work starts.
+
+`toy://` paths name the project's toy world (built once, cached); other paths are model
+folders and dataset files. A missing model, a tokenizer mismatch, an empty training set or an
+unwritable run folder is a clear error here, not a crash minutes into a run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mentor_ray.config import ConfigError, MentorConfig
+from mentor_ray.data import Problem, filter_long_prompts, load_problems
+from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, build_chat_prompt
+
+TOY_SCHEME = "toy://"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    policy_dir: str
+    expert_dir: str | None
+    train_path: str
+    eval_path: str | None
+    system_prompt: str
+    run_dir: str
+
+
+@dataclass(frozen=True)
+class TokenizedProblem:
+    problem_id: str
+    answer: str
+    prompt_token_ids: list[int]
+
+
+def _uses_toy(config: MentorConfig) -> bool:
+    paths = [config.model.policy_path, config.model.expert_path, config.data.train_path, config.data.eval_path]
+    return any(p and p.startswith(TOY_SCHEME) for p in paths)
+
+
+def _resolve(path: str | None, toy_paths: dict[str, str], key: str) -> str | None:
+    if path is None or not path.startswith(TOY_SCHEME):
+        return path
+    name = path[len(TOY_SCHEME):]
+    if name not in toy_paths:
+        raise ConfigError(f"{key}={path!r}: unknown toy-world item; allowed: {sorted(TOY_SCHEME + k for k in toy_paths)}")
+    return toy_paths[name]
+
+
+def make_run_dir(config: MentorConfig) -> Path:
+    name = config.logging.run_name or time.strftime("mentor-%Y%m%d-%H%M%S")
+    run_dir = Path(config.logging.run_root).expanduser().resolve() / name
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"logging.run_root={config.logging.run_root!r}: run folder {run_dir} is not writable ({error})") from error
+    return run_dir
+
+
+def resolve_run_paths(config: MentorConfig, run_dir: Path) -> RunPaths:
+    toy_paths: dict[str, str] = {}
+    system_prompt = config.data.system_prompt
+    if _uses_toy(config):
+        from mentor_ray.toy_world import TOY_SYSTEM_PROMPT, build_toy_world
+
+        world = build_toy_world(seed=0)
+        toy_paths = {
+            "policy": str(world.policy_dir),
+            "expert": str(world.expert_dir),
+            "train": str(world.train_path),
+            "eval": str(world.eval_path),
+        }
+        if system_prompt is None and config.data.train_path.startswith(TOY_SCHEME):
+            system_prompt = TOY_SYSTEM_PROMPT
+    policy_dir = _resolve(config.model.policy_path, toy_paths, "model.policy_path")
+    expert_dir = _resolve(config.model.expert_path, toy_paths, "model.expert_path") if config.rollout.n_mixed > 0 else None
+    for key, folder in (("model.policy_path", policy_dir), ("model.expert_path", expert_dir)):
+        if folder is not None and not (Path(folder) / "config.json").is_file():
+            raise ConfigError(f"{key}={folder!r}: not a model folder (no config.json there)")
+    train_path = _resolve(config.data.train_path, toy_paths, "data.train_path")
+    eval_path = _resolve(config.data.eval_path, toy_paths, "data.eval_path")
+    for key, path in (("data.train_path", train_path), ("data.eval_path", eval_path)):
+        if path is not None and "/" in path and not os.path.exists(path) and Path(path).suffix:
+            raise ConfigError(f"{key}={path!r}: file does not exist")
+    return RunPaths(
+        policy_dir=str(policy_dir),
+        expert_dir=expert_dir,
+        train_path=str(train_path),
+        eval_path=eval_path,
+        system_prompt=system_prompt if system_prompt is not None else DEFAULT_SYSTEM_PROMPT,
+        run_dir=str(run_dir),
+    )
+
+
+def load_tokenized_problems(
+    path: str, config: MentorConfig, tokenizer, system_prompt: str, label: str, limit: int | None = None
+) -> tuple[list[TokenizedProblem], dict[str, int]]:
+    """Load, validate, render through the chat template, tokenize and length-filter a dataset."""
+    report = load_problems(
+        path,
+        problem_field=config.data.problem_field,
+        answer_field=config.data.answer_field,
+        id_field=config.data.id_field,
+    )
+    problems: list[Problem] = report.problems[:limit] if limit else report.problems
+    kept, too_long = filter_long_prompts(problems, tokenizer, config.data.max_prompt_tokens, system_prompt)
+    tokenized = [
+        TokenizedProblem(
+            problem_id=p.problem_id,
+            answer=p.answer,
+            prompt_token_ids=tokenizer(build_chat_prompt(tokenizer, p.problem, system_prompt), add_special_tokens=False)["input_ids"],
+        )
+        for p in kept
+    ]
+    counts = {f"data/{label}_problems": len(tokenized), f"data/{label}_malformed_skipped": report.skipped, f"data/{label}_too_long_skipped": too_long}
+    if report.skipped:
+        examples = "; ".join(f"row {row}: {reason}" for row, reason in report.skipped_examples)
+        print(f"[data] {label}: skipped {report.skipped} malformed rows in {path} (first: {examples})")
+    if too_long:
+        print(f"[data] {label}: skipped {too_long} prompts longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
+    if not tokenized:
+        raise ConfigError(f"{label} set {path}: no usable problems after skipping malformed and over-long rows")
+    return tokenized, counts

@@ -1,0 +1,209 @@
+"""The MENTOR RL loop, run by every Ray Train worker (`train_loop_per_worker`).
+
+Per step: rollouts (rank 0, Ray Data) -> shard to ranks -> old log-probs and entropies ->
+next tau (exact global quantile) -> PPO update -> weight sync to the engines (in place) ->
+metrics -> validation -> checkpoint, reported through `ray.train.report`. The learner is blind
+to the algorithm; everything MENTOR-specific is in `mentor_ray.core` and the rollout plan.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+
+from mentor_ray.config import MentorConfig, config_from_dict
+from mentor_ray.core.guidance import guidance_alpha, next_entropy_threshold
+from mentor_ray.learner import PolicyLearner, TrainingSample, all_gather_variable_length, shard_for_rank
+from mentor_ray.metrics import build_sinks, entropy_metrics, mixture_metrics, rollout_metrics
+from mentor_ray.prompt_schedule import PromptSchedule
+from mentor_ray.run_inputs import RunPaths, TokenizedProblem
+from pipelines.evaluation import evaluate_policy
+from pipelines.roles import RolloutRoles
+from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
+
+CLIENT_STATE_FILE = "loop_state.json"
+
+
+def _broadcast(value: Any) -> Any:
+    """Rank 0's Python object on every rank (gloo/NCCL object broadcast)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _format_eta(seconds: float) -> str:
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def _console_line(step: int, total: int, metrics: dict[str, float], step_seconds: float, eta: float) -> str:
+    def value(key: str, fmt: str = "{:.3f}") -> str:
+        v = metrics.get(key)
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+    return (
+        f"step {step}/{total} | reward on {value('rollout/on_policy_reward')} mixed {value('rollout/mixed_reward')}"
+        f" | acc on {value('rollout/on_policy_accuracy')} mixed {value('rollout/mixed_accuracy')}"
+        f" | val {value('val/greedy_accuracy')} | H {value('rollout/entropy_mean')} tau {value('guidance/entropy_threshold', '{:.2f}')}"
+        f" | w {value('rollout/mixture_weight_mean')} alpha {value('guidance/alpha', '{:.2f}')}"
+        f" | len {value('rollout/response_length', '{:.1f}')} | {step_seconds:.1f}s | ETA {_format_eta(eta)}"
+    )
+
+
+def _to_samples(rows: list[dict[str, Any]]) -> list[TrainingSample]:
+    return [
+        TrainingSample(
+            prompt_token_ids=[int(t) for t in row["prompt_token_ids"]],
+            response_token_ids=[int(t) for t in row["response_token_ids"]],
+            advantage=float(row["advantage"]),
+            is_mixed=bool(row["is_mixed"]),
+            group_id=int(row["prompt_index"]),
+        )
+        for row in rows
+    ]
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    config: MentorConfig = config_from_dict(loop_config["config"], "run config")
+    paths = RunPaths(**loop_config["paths"])
+    roles: RolloutRoles = loop_config["roles"]
+    train_problems: list[TokenizedProblem] = loop_config["train_problems"]
+    eval_problems: list[TokenizedProblem] = loop_config["eval_problems"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    is_chief = rank == 0
+    _seed_everything(config.seed + rank)
+
+    learner = PolicyLearner(paths.policy_dir, config, world_size, rank)
+    schedule = PromptSchedule(len(train_problems), config.rollout.prompts_per_step, config.seed, config.data.shuffle)
+    mini_batch_count = config.rollout.prompts_per_step // config.optimizer.mini_batch_prompts
+
+    state = {"step": 0, "entropy_threshold": config.guidance.tau_init, "skipped_updates": 0, "elapsed_seconds": 0.0}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state.update(learner.load_checkpoint(Path(folder) / "deepspeed"))
+    # After a resume (or a worker restart) the engines may hold older weights: sync first.
+    weights = learner.export_weights()
+    if is_chief and state["step"] > 0:
+        roles.publish_weights(state["step"], weights)
+    del weights
+    weights_version = state["step"]
+
+    run_dir = Path(paths.run_dir)
+    sinks = build_sinks(config.logging.sinks, run_dir, config.logging.project, run_dir.name, config.to_dict()) if is_chief else []
+    run_started = time.perf_counter() - state["elapsed_seconds"]
+    first_step = state["step"] + 1
+    for step in range(first_step, config.total_steps + 1):
+        step_started = time.perf_counter()
+        alpha = guidance_alpha(step, config.guidance.alpha_0, config.guidance.decay_steps)
+        n_mixed = config.rollout.n_mixed if alpha > 0 else 0
+        metrics: dict[str, float] = {"guidance/alpha": alpha, "guidance/entropy_threshold": state["entropy_threshold"]}
+
+        # 1. Rollouts on rank 0, shared with every rank through the object store.
+        rows_ref = None
+        if is_chief:
+            prompts = [
+                PromptRecord(position, train_problems[i].problem_id, train_problems[i].answer, train_problems[i].prompt_token_ids)
+                for position, i in enumerate(schedule.indices_for_step(step))
+            ]
+            plan = RolloutPlan(
+                step=step, seed=config.seed, n_on_policy=config.rollout.n_on_policy, n_mixed=n_mixed,
+                max_new_tokens=config.rollout.max_response_tokens, temperature=config.rollout.temperature,
+                top_p=config.rollout.top_p, entropy_threshold=state["entropy_threshold"], alpha=alpha,
+                weights_version=weights_version,
+            )
+            rollout = run_rollout(prompts, plan, roles)
+            metrics.update(rollout_metrics(rollout.rows))
+            metrics.update(mixture_metrics(rollout.mixture))
+            metrics["rollout/dropped_prompts"] = float(rollout.dropped_prompts)
+            for status, count in rollout.grading.items():
+                metrics[f"reward/grading_{status}"] = float(count)
+            metrics["time/rollout_seconds"] = rollout.seconds
+            metrics["time/rollout_tokens_per_second"] = rollout.generated_tokens / max(rollout.seconds, 1e-9)
+            rows_ref = [ray.put(rollout.rows)]
+        rows = ray.get(_broadcast(rows_ref)[0])
+        samples = _to_samples(rows)
+        if len({s.group_id for s in samples}) < mini_batch_count:
+            raise RuntimeError(f"step {step}: too few prompts survived the rollout to fill {mini_batch_count} mini-batches")
+
+        # 2. Old log-probs and entropies for this rank's shard; tau for the next step.
+        learn_started = time.perf_counter()
+        local_batches = shard_for_rank(samples, rank, world_size, mini_batch_count)
+        flat = [s for batch in local_batches for s in batch]
+        old_log_probs, entropies = learner.compute_old_log_probs(flat)
+        on_policy = [e for s, e in zip(flat, entropies) if not s.is_mixed]
+        # Exact global quantile over every rank's on-policy response tokens (MENTOR.md section 2).
+        all_entropies = all_gather_variable_length(torch.cat(on_policy) if on_policy else torch.zeros(0))
+        next_threshold = next_entropy_threshold(all_entropies, config.guidance.entropy_quantile, config.guidance.tau_floor)
+        metrics.update(entropy_metrics(all_entropies))
+
+        # 3. PPO update.
+        update_metrics = learner.update(local_batches, old_log_probs)
+        metrics.update(update_metrics)
+        metrics["time/learn_seconds"] = time.perf_counter() - learn_started
+        state["skipped_updates"] += int(update_metrics.get("train/skipped_updates", 0))
+        if state["skipped_updates"] > config.max_skipped_updates:
+            raise RuntimeError(
+                f"step {step}: {state['skipped_updates']} updates skipped for a NaN/inf loss or grad norm "
+                f"(max_skipped_updates={config.max_skipped_updates}); stopping before a poisoned checkpoint"
+            )
+
+        # 4. Weight sync: learner -> engines, in place.
+        sync_started = time.perf_counter()
+        weights = learner.export_weights()
+        if is_chief:
+            metrics.update(roles.publish_weights(step, weights))
+        del weights
+        weights_version = step
+        metrics["time/sync_seconds"] = time.perf_counter() - sync_started
+        state["entropy_threshold"] = next_threshold
+        state["step"] = step
+
+        # 5. Validation.
+        if is_chief and eval_problems and config.eval.every_steps and (step % config.eval.every_steps == 0 or step == config.total_steps):
+            validate_started = time.perf_counter()
+            metrics.update(evaluate_policy(eval_problems, config, roles, step, weights_version))
+            metrics["time/validate_seconds"] = time.perf_counter() - validate_started
+
+        step_seconds = time.perf_counter() - step_started
+        metrics["time/step_seconds"] = step_seconds
+        state["elapsed_seconds"] = time.perf_counter() - run_started
+        eta = state["elapsed_seconds"] / step * (config.total_steps - step)
+        if is_chief:
+            for sink in sinks:
+                sink.log(step, metrics)
+            print(_console_line(step, config.total_steps, metrics, step_seconds, eta), flush=True)
+
+        # 6. Checkpoint (every rank writes its DeepSpeed shard into one folder).
+        if step % config.checkpoint.every_steps == 0 or step == config.total_steps:
+            with tempfile.TemporaryDirectory() as folder:
+                learner.save_checkpoint(Path(folder) / "deepspeed", client_state=dict(state))
+                if is_chief:
+                    (Path(folder) / CLIENT_STATE_FILE).write_text(json.dumps(state))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+        else:
+            ray.train.report(metrics)
+
+    learner.save_hf(run_dir / "final_model")
+    for sink in sinks:
+        sink.close()

@@ -1,0 +1,198 @@
+"""One RL step's rollouts as a Ray Data pipeline.
+
+    prompts -> on-policy generation (N1/prompt)  \
+                                                  union -> reward -> group advantages -> rows
+    prompts -> mixed generation (N2/prompt)      /
+
+Generation and reward stages are small Ray tasks that forward each batch to the run's
+long-lived actors (`pipelines.roles`), so nothing heavy is built per step, and Ray Data streams
+batches: grading of early batches overlaps generation of later ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ray
+
+from mentor_ray.core.advantages import mentor_advantages
+from mentor_ray.rollout.engines import PROMPT_TOO_LONG, SamplingSpec
+from pipelines.roles import RolloutRoles
+
+import torch
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    prompt_index: int  # position in this step's batch, 0..P-1 (contiguous)
+    problem_id: str
+    answer: str
+    prompt_token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """What one step's rollouts ask for."""
+
+    step: int
+    seed: int
+    n_on_policy: int
+    n_mixed: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    entropy_threshold: float
+    alpha: float
+    weights_version: int
+    prompts_per_batch: int = 8
+    compute_advantages: bool = True
+
+
+@dataclass
+class RolloutOutput:
+    rows: list[dict[str, Any]]
+    dropped_prompts: int
+    grading: dict[str, int]
+    mixture: dict[str, float]
+    seconds: float
+    generated_tokens: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _stage_seed(seed: int, step: int, kind: str) -> int:
+    digest = hashlib.sha256(f"{seed}:{step}:{kind}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def _contiguous_runs(indices: list[int]) -> list[tuple[int, int]]:
+    """(start, end) positions of runs of consecutive prompt indices within a batch."""
+    runs, start = [], 0
+    for position in range(1, len(indices) + 1):
+        if position == len(indices) or indices[position] != indices[position - 1] + 1:
+            runs.append((start, position))
+            start = position
+    return runs
+
+
+def _generate_batch(batch: pd.DataFrame, engines: list[Any], kind: str, plan: RolloutPlan) -> pd.DataFrame:
+    n = plan.n_on_policy if kind == "on_policy" else plan.n_mixed
+    indices = [int(i) for i in batch["prompt_index"]]
+    engine = engines[(indices[0] // max(1, plan.prompts_per_batch)) % len(engines)]
+    tau = plan.entropy_threshold if kind == "mixed" else None
+    calls = []
+    for start, end in _contiguous_runs(indices):
+        # Seeds must not depend on how Ray Data cut the batches: the engine gives prompt i of
+        # a call seeds base + i * n + j, so the base is offset by the run's first prompt index.
+        spec = SamplingSpec(
+            n=n,
+            max_new_tokens=plan.max_new_tokens,
+            temperature=plan.temperature,
+            top_p=plan.top_p,
+            seed=_stage_seed(plan.seed, plan.step, kind) + indices[start] * n,
+        )
+        prompts = [list(map(int, ids)) for ids in batch["prompt_token_ids"].iloc[start:end]]
+        calls.append((start, engine.generate_for_step.remote(prompts, spec, plan.weights_version, tau)))
+    records = []
+    for start, call in calls:
+        results, summary = ray.get(call)
+        for position, result in enumerate(results):
+            source = batch.iloc[start + result.prompt_index]
+            records.append(
+                {
+                    "prompt_index": int(source["prompt_index"]),
+                    "problem_id": source["problem_id"],
+                    "answer": source["answer"],
+                    "sample_index": result.sample_index,
+                    "is_mixed": kind == "mixed",
+                    "prompt_token_ids": np.asarray(result.prompt_token_ids, dtype=np.int64),
+                    "response_token_ids": np.asarray(result.response_token_ids, dtype=np.int64),
+                    "response_text": result.response_text,
+                    "behaviour_log_probs": np.asarray(result.response_log_probs, dtype=np.float32),
+                    "finish_reason": result.finish_reason,
+                    "dropped": result.finish_reason == PROMPT_TOO_LONG,
+                    # A call's totals ride on its first row, so collected sums are exact.
+                    "mixture_weight_sum": summary.get("mixture_weight_sum", 0.0) if position == 0 else 0.0,
+                    "full_expert_positions": summary.get("full_expert_positions", 0.0) if position == 0 else 0.0,
+                    "scored_positions": summary.get("scored_positions", 0.0) if position == 0 else 0.0,
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def _grade_batch(batch: pd.DataFrame, reward_actors: list[Any]) -> pd.DataFrame:
+    batch = batch.copy()
+    live = ~batch["dropped"].to_numpy(dtype=bool)
+    accuracy = np.zeros(len(batch))
+    format_score = np.zeros(len(batch))
+    total = np.zeros(len(batch))
+    status = np.array(["dropped"] * len(batch), dtype=object)
+    if live.any():
+        actor = reward_actors[int(batch["prompt_index"].iloc[0]) % len(reward_actors)]
+        parts, _ = ray.get(
+            actor.grade.remote(batch.loc[live, "response_text"].tolist(), batch.loc[live, "answer"].tolist())
+        )
+        accuracy[live] = [p.accuracy for p in parts]
+        format_score[live] = [p.format for p in parts]
+        total[live] = [p.total for p in parts]
+        status[live] = [p.status for p in parts]
+    batch["accuracy"] = accuracy
+    batch["format"] = format_score
+    batch["reward"] = total
+    batch["grading_status"] = status
+    return batch
+
+
+def _group_advantages(group: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    group = group.copy()
+    live = ~group["dropped"].to_numpy(dtype=bool)
+    advantages = np.zeros(len(group), dtype=np.float32)
+    if live.any():
+        rewards = torch.tensor(group.loc[live, "reward"].to_numpy(dtype=np.float64))
+        is_mixed = torch.tensor(group.loc[live, "is_mixed"].to_numpy(dtype=bool))
+        advantages[live] = mentor_advantages(rewards, is_mixed, torch.zeros(len(rewards)), alpha=alpha).numpy()
+    group["advantage"] = advantages
+    return group
+
+
+def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRoles) -> RolloutOutput:
+    """Generate, grade and score one step's samples. Rows are sorted by (prompt, mixed, sample)."""
+    started = time.perf_counter()
+    items = [
+        {"prompt_index": p.prompt_index, "problem_id": p.problem_id, "answer": p.answer, "prompt_token_ids": p.prompt_token_ids}
+        for p in prompts
+    ]
+    if [item["prompt_index"] for item in items] != list(range(len(items))):
+        raise ValueError("prompt_index must run 0..P-1 in order")
+    source = ray.data.from_items(items)
+    stage_args = {"batch_size": plan.prompts_per_batch, "batch_format": "pandas", "num_cpus": 0.1}
+    branches = [
+        source.map_batches(_generate_batch, fn_args=(roles.policy_engines, "on_policy", plan), **stage_args)
+    ]
+    if plan.n_mixed > 0:
+        if not roles.mixed_engines:
+            raise ValueError("n_mixed > 0 but the run has no mixed engines")
+        branches.append(
+            source.map_batches(_generate_batch, fn_args=(roles.mixed_engines, "mixed", plan), **stage_args)
+        )
+    samples = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
+    graded = samples.map_batches(_grade_batch, fn_args=(roles.reward_actors,), batch_format="pandas", num_cpus=0.1)
+    if plan.compute_advantages:
+        graded = graded.groupby("prompt_index").map_groups(_group_advantages, fn_kwargs={"alpha": plan.alpha}, batch_format="pandas")
+    frame = graded.to_pandas()
+    frame = frame.sort_values(["prompt_index", "is_mixed", "sample_index"], kind="stable").reset_index(drop=True)
+
+    dropped_prompts = int(frame.loc[frame["dropped"], "prompt_index"].nunique())
+    rows = frame.loc[~frame["dropped"]].drop(columns=["dropped"]).to_dict("records")
+    grading = {str(k): int(v) for k, v in frame["grading_status"].value_counts().items()}
+    mixture = {
+        "mixture_weight_sum": float(frame["mixture_weight_sum"].sum()),
+        "full_expert_positions": float(frame["full_expert_positions"].sum()),
+        "scored_positions": float(frame["scored_positions"].sum()),
+    }
+    generated = int(sum(len(r["response_token_ids"]) for r in rows))
+    return RolloutOutput(rows, dropped_prompts, grading, mixture, time.perf_counter() - started, generated)

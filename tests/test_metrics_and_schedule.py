@@ -1,0 +1,86 @@
+import json
+import math
+
+import pytest
+import torch
+
+from mentor_ray.metrics import JsonlSink, build_sinks, entropy_metrics, mixture_metrics, read_metrics, rollout_metrics
+from mentor_ray.plots import plot_runs
+from mentor_ray.prompt_schedule import PromptSchedule
+
+
+def _row(is_mixed, reward, accuracy, fmt, length, text="", finish="stop"):
+    return {"is_mixed": is_mixed, "reward": reward, "accuracy": accuracy, "format": fmt,
+            "response_token_ids": list(range(length)), "response_text": text, "finish_reason": finish}
+
+
+def test_rollout_metrics_split_on_policy_and_mixed():
+    rows = [
+        _row(False, 1.0, 1.0, 1.0, 10, "let me verify. Check: ok"),
+        _row(False, 0.1, 0.0, 1.0, 20, "wait"),
+        _row(True, 0.9, 1.0, 0.0, 30, "verify verify", finish="length"),
+    ]
+    m = rollout_metrics(rows)
+    assert m["rollout/on_policy_reward"] == pytest.approx(0.55)
+    assert m["rollout/mixed_reward"] == pytest.approx(0.9)
+    assert m["rollout/on_policy_response_length"] == 15 and m["rollout/mixed_response_length"] == 30
+    assert m["rollout/on_policy_keyword_verify"] == 0.5 and m["rollout/on_policy_keyword_check"] == 0.5
+    assert m["rollout/on_policy_keyword_wait"] == 0.5 and m["rollout/mixed_keyword_verify"] == 2.0
+    assert m["rollout/format_rate"] == pytest.approx(2 / 3) and m["rollout/truncated_rate"] == pytest.approx(1 / 3)
+    assert m["rollout/mixed_samples"] == 1
+
+
+def test_entropy_and_mixture_metrics():
+    values = torch.arange(1, 101, dtype=torch.float32)
+    m = entropy_metrics(values)
+    assert m["rollout/entropy_mean"] == pytest.approx(50.5)
+    assert m["rollout/entropy_p95"] == pytest.approx(95.05)
+    assert entropy_metrics(torch.zeros(0)) == {}
+    mix = mixture_metrics({"scored_positions": 10, "mixture_weight_sum": 4.0, "full_expert_positions": 2})
+    assert mix == {"rollout/mixture_weight_mean": 0.4, "rollout/full_expert_share": 0.2}
+
+
+def test_jsonl_sink_and_resume_deduplication(tmp_path):
+    sink = JsonlSink(tmp_path / "metrics.jsonl")
+    sink.log(1, {"a": 1.0})
+    sink.log(2, {"a": 2.0})
+    sink.log(2, {"a": 3.0})  # step 2 again after a resume: the later record wins
+    assert [r["a"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1.0, 3.0]
+
+
+def test_missing_logger_package_names_the_extra(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "wandb":
+            raise ImportError("No module named 'wandb'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(ImportError, match=r"mentor-ray\[wandb\]"):
+        build_sinks(["jsonl", "wandb"], tmp_path, "p", "r", {})
+
+
+def test_plots_are_written(tmp_path):
+    for name, offset in (("a", 0.0), ("b", 0.1)):
+        sink = JsonlSink(tmp_path / name / "metrics.jsonl")
+        for step in range(1, 4):
+            sink.log(step, {"rollout/entropy_mean": 1.0 / step + offset, "val/greedy_accuracy": 0.1 * step})
+    written = plot_runs({"a": tmp_path / "a", "b": tmp_path / "b"}, tmp_path / "plots")
+    assert {p.name for p in written} == {"val_accuracy.png", "entropy.png", "response_length.png", "reward.png"}
+    assert all(p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG" for p in written)
+
+
+def test_prompt_schedule_is_a_function_of_seed_and_step():
+    schedule = PromptSchedule(num_problems=10, prompts_per_step=3, seed=1)
+    epoch = [schedule.indices_for_step(s) for s in (1, 2, 3)]
+    flat = [i for step in epoch for i in step]
+    assert len(set(flat)) == 9  # no repeats within an epoch (drop-last)
+    assert PromptSchedule(10, 3, 1).indices_for_step(5) == schedule.indices_for_step(5)
+    assert PromptSchedule(10, 3, 2).indices_for_step(1) != schedule.indices_for_step(1)
+    assert schedule.indices_for_step(4) != schedule.indices_for_step(1)  # new epoch, new order
+    assert PromptSchedule(10, 3, 1, shuffle=False).indices_for_step(2) == [3, 4, 5]
+    with pytest.raises(ValueError, match="exceeds"):
+        PromptSchedule(2, 3, 0)
