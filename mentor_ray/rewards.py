@@ -25,8 +25,9 @@ import resource
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Literal
 
 # Only the tail of a response can hold its final answer; scanning a bounded window keeps every
 # string operation here O(window) whatever the model emits.
@@ -169,7 +170,11 @@ def grade_accuracy(response: str, reference: str) -> tuple[float, str]:
     Runs math-verify with its signal-based timeouts off: call it where time is bounded
     from outside (RewardGrader's worker processes).
     """
-    from math_verify import parse, verify  # the only math_verify import in the project
+    # The only math_verify import in the project. LaTeX extraction only: the plain-expression
+    # extractor hands text to sympy's parse_expr, which is built on eval().
+    from math_verify import LatexExtractionConfig, parse, verify
+
+    latex_only = [LatexExtractionConfig()]
 
     if not isinstance(response, str) or not isinstance(reference, str):
         raise TypeError(
@@ -179,10 +184,16 @@ def grade_accuracy(response: str, reference: str) -> tuple[float, str]:
     answer = extract_last_boxed(response)
     if answer is None or not answer.strip():
         return 0.0, "no_answer"
-    predicted = parse("\\boxed{" + answer + "}", parsing_timeout=None)
+    predicted = parse(
+        "\\boxed{" + answer + "}", extraction_config=latex_only, parsing_timeout=None
+    )
     if not predicted:
         return 0.0, "no_answer"
-    gold = parse(_reference_as_latex(reference[-BOXED_SCAN_WINDOW_CHARS:]), parsing_timeout=None)
+    gold = parse(
+        _reference_as_latex(reference[-BOXED_SCAN_WINDOW_CHARS:]),
+        extraction_config=latex_only,
+        parsing_timeout=None,
+    )
     if not gold:
         return 0.0, "error"
     matched = verify(gold, predicted, timeout_seconds=None)

