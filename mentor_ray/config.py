@@ -161,7 +161,8 @@ class OptimizerConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    zero_stage: Literal[0, 1, 2, 3] = 2
+    # ZeRO 1-3 only: skipping a NaN step relies on ZeRO's shared overflow check.
+    zero_stage: Literal[1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
     bf16: bool = False
@@ -169,8 +170,6 @@ class DeepSpeedConfig:
     def check(self, errors: list[str], prefix: str) -> None:
         if self.offload_params and self.zero_stage != 3:
             _problem(errors, f"{prefix}.offload_params", True, "needs zero_stage=3")
-        if self.offload_optimizer and self.zero_stage == 0:
-            _problem(errors, f"{prefix}.offload_optimizer", True, "needs zero_stage >= 1")
 
 
 @dataclass

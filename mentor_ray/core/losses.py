@@ -110,8 +110,8 @@ def policy_loss(
 
     `token_normalizer` is the number of response tokens the mean is over. A learner that
     splits one global mini-batch across ranks and micro-batches passes the GLOBAL count here
-    (times the data-parallel world size when gradients are averaged across ranks), so every
-    token weighs the same no matter where it landed. Default: this batch's own token count.
+    (divided by the data-parallel world size when gradients are averaged across ranks), so
+    every token weighs the same no matter where it landed. Default: this batch's own count.
     """
     mask = inputs.response_mask.to(inputs.log_probs.dtype)
     local_tokens = mask.sum()

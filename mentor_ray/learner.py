@@ -1,0 +1,656 @@
+"""The policy learner: old log-probs, the global entropy threshold, PPO updates, weight export.
+
+This is the only module that imports DeepSpeed. It runs inside each Ray Train worker
+(`TorchTrainer.train_loop_per_worker`): Ray Train has already created the torch.distributed
+process group (gloo on CPU, NCCL on GPU), and DeepSpeed wraps that group instead of creating
+its own.
+
+Data layout, per RL step:
+  * the caller splits the global batch with `shard_for_rank`, which returns this rank's part
+    of every global mini-batch; global mini-batch k is the union over ranks of their k-th
+    local mini-batch, so one optimizer step on every rank is one step on global mini-batch k;
+  * `compute_old_log_probs` runs the no-grad pass over the flat local samples;
+  * `global_entropy_threshold` gathers every rank's on-policy entropies for the exact quantile;
+  * `update` runs PPO over the local mini-batches, with a loss whose gradient equals the
+    token-level mean over the GLOBAL mini-batch (see `update` for how DeepSpeed's gradient
+    averaging is compensated).
+
+Every method that talks to other ranks is collective: all ranks call it, in the same order.
+Ranks may hold different numbers of samples; the learner pads the number of forward/backward
+passes with zero-gradient dummy passes so that ZeRO-2/3's per-pass collectives line up.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+# DeepSpeed picks its accelerator on first use; without a GPU it must be told it is CPU, or it
+# probes for CUDA and misconfigures itself. Set before deepspeed is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import deepspeed
+
+from mentor_ray.config import MentorConfig
+from mentor_ray.core.guidance import next_entropy_threshold
+from mentor_ray.core.losses import (
+    ClipSettings,
+    LossWeights,
+    PolicyLossInputs,
+    policy_loss,
+)
+from mentor_ray.core.mixture import policy_entropy
+
+_TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Tokenizer files copied next to exported weights so the folder is a complete HF model.
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
+
+
+@dataclass
+class TrainingSample:
+    """One rollout: prompt and response token ids, and the scalar advantage of the response."""
+
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    advantage: float
+    is_mixed: bool
+    group_id: int  # the prompt this sample answers; mini-batches are made of whole prompts
+    # Log-probs the rollout engine reported; carried for diagnostics only (the loss uses the
+    # learner's own old log-probs, as the paper does, with no behaviour-policy correction).
+    behaviour_log_probs: list[float] | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers: batching and sharding.
+
+
+def _check_sample(sample: TrainingSample, index: int, vocab_size: int | None) -> None:
+    where = f"sample {index} (group_id={sample.group_id})"
+    if len(sample.prompt_token_ids) == 0:
+        raise ValueError(f"{where}: prompt_token_ids is empty; the first response token needs a prompt to condition on")
+    if vocab_size is not None:
+        for field_name in ("prompt_token_ids", "response_token_ids"):
+            ids = getattr(sample, field_name)
+            bad = [t for t in ids if not 0 <= int(t) < vocab_size]
+            if bad:
+                raise ValueError(f"{where}: {field_name} holds ids outside [0, {vocab_size}): {bad[:5]}")
+    if sample.behaviour_log_probs is not None and len(sample.behaviour_log_probs) != len(sample.response_token_ids):
+        raise ValueError(
+            f"{where}: behaviour_log_probs has {len(sample.behaviour_log_probs)} values for "
+            f"{len(sample.response_token_ids)} response tokens"
+        )
+
+
+def collate(samples: Sequence[TrainingSample], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded tensors for one micro-batch.
+
+    `response_mask[b, t]` is 1 where token t+1 of row b is a response token, so it lines up
+    with the next-token log-probs of `token_log_probs_and_entropy` (shape [B, L-1]).
+    """
+    if len(samples) == 0:
+        raise ValueError("collate needs at least one sample")
+    for index, sample in enumerate(samples):
+        _check_sample(sample, index, None)
+    lengths = [len(s.prompt_token_ids) + len(s.response_token_ids) for s in samples]
+    # At least two tokens, so a one-token prompt with an empty response still has one position.
+    width = max(2, max(lengths))
+    input_ids = torch.full((len(samples), width), int(pad_token_id), dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), width), dtype=torch.long)
+    response_mask = torch.zeros((len(samples), width - 1), dtype=torch.float32)
+    for row, sample in enumerate(samples):
+        tokens = list(sample.prompt_token_ids) + list(sample.response_token_ids)
+        input_ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        attention_mask[row, : len(tokens)] = 1
+        prompt_length = len(sample.prompt_token_ids)
+        response_mask[row, prompt_length - 1 : prompt_length - 1 + len(sample.response_token_ids)] = 1.0
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "response_mask": response_mask,
+        "advantages": torch.tensor([float(s.advantage) for s in samples], dtype=torch.float32),
+        "is_mixed": torch.tensor([bool(s.is_mixed) for s in samples], dtype=torch.bool),
+    }
+
+
+def align_to_response(
+    per_sample_values: Sequence[torch.Tensor | Sequence[float]],
+    samples: Sequence[TrainingSample],
+    width: int,
+) -> torch.Tensor:
+    """Per-sample response values -> a [B, width] tensor laid out like `response_mask`."""
+    if len(per_sample_values) != len(samples):
+        raise ValueError(f"got {len(per_sample_values)} value lists for {len(samples)} samples")
+    out = torch.zeros((len(samples), width), dtype=torch.float32)
+    for row, (values, sample) in enumerate(zip(per_sample_values, samples)):
+        values = torch.as_tensor(values, dtype=torch.float32).flatten()
+        if values.numel() != len(sample.response_token_ids):
+            raise ValueError(
+                f"sample {row} (group_id={sample.group_id}): {values.numel()} values for "
+                f"{len(sample.response_token_ids)} response tokens"
+            )
+        start = len(sample.prompt_token_ids) - 1
+        out[row, start : start + values.numel()] = values
+    return out
+
+
+def split_response_values(values: torch.Tensor, samples: Sequence[TrainingSample]) -> list[torch.Tensor]:
+    """The inverse of `align_to_response`: [B, L-1] -> one 1-D tensor per sample."""
+    out = []
+    for row, sample in enumerate(samples):
+        start = len(sample.prompt_token_ids) - 1
+        out.append(values[row, start : start + len(sample.response_token_ids)].detach().clone())
+    return out
+
+
+def _contiguous_split(count: int, parts: int) -> list[tuple[int, int]]:
+    """[start, end) of `parts` near-equal contiguous pieces (the first ones one longer)."""
+    base, extra = divmod(count, parts)
+    bounds, start = [], 0
+    for part in range(parts):
+        end = start + base + (1 if part < extra else 0)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def shard_for_rank(
+    samples: Sequence[TrainingSample], rank: int, world_size: int, mini_batch_count: int
+) -> list[list[TrainingSample]]:
+    """This rank's part of each global mini-batch: a list of `mini_batch_count` local mini-batches.
+
+    Prompts (group_ids, in order of first appearance) are split into `mini_batch_count`
+    contiguous chunks; each chunk's samples are split into `world_size` contiguous, near-equal
+    pieces and rank r takes piece r. So global mini-batch k is the union over ranks of their
+    k-th local mini-batch, and every rank holds the same number of mini-batches (some may be
+    empty when a chunk has fewer samples than ranks; the learner handles that).
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if mini_batch_count < 1:
+        raise ValueError(f"mini_batch_count must be >= 1, got {mini_batch_count}")
+    groups: dict[int, list[TrainingSample]] = {}
+    for sample in samples:
+        groups.setdefault(sample.group_id, []).append(sample)
+    group_ids = list(groups)
+    if len(group_ids) < mini_batch_count:
+        raise ValueError(
+            f"{len(group_ids)} prompts cannot fill {mini_batch_count} mini-batches; "
+            "mini_batch_count must be <= the number of distinct group_ids"
+        )
+    local_mini_batches = []
+    for start, end in _contiguous_split(len(group_ids), mini_batch_count):
+        chunk = [s for gid in group_ids[start:end] for s in groups[gid]]
+        piece_start, piece_end = _contiguous_split(len(chunk), world_size)[rank]
+        local_mini_batches.append(chunk[piece_start:piece_end])
+    return local_mini_batches
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The forward pass that every use shares.
+
+
+def token_log_probs_and_entropy(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    entropy_requires_grad: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob of each actual next token and the full-vocabulary entropy there, both [B, L-1], fp32.
+
+    The [B, L, V] log-softmax is materialised once (it is what the gather backpropagates
+    through). The entropy is taken row by row from it, so its temporaries are [L, V], and
+    without `entropy_requires_grad` it adds nothing to the autograd graph.
+    """
+    device = getattr(model, "device", None)  # HF models and DeepSpeed engines both have one
+    input_ids = batch["input_ids"].to(device) if device is not None else batch["input_ids"]
+    attention_mask = batch["attention_mask"].to(input_ids.device)
+    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    logits = outputs.logits[:, :-1, :]
+    del outputs
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    del logits
+    targets = input_ids[:, 1:].unsqueeze(-1)
+    token_log_probs = log_probs.gather(-1, targets).squeeze(-1)
+    # policy_entropy re-normalises its input; log-softmax of log-probs is the identity, so it
+    # gives the entropy of these exact distributions.
+    with nullcontext() if entropy_requires_grad else torch.no_grad():
+        entropy = torch.stack([policy_entropy(log_probs[row]) for row in range(log_probs.shape[0])])
+    return token_log_probs, entropy
+
+
+# ---------------------------------------------------------------------------------------------
+# Process group and DeepSpeed plumbing.
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _ensure_process_group(world_size: int, rank: int) -> None:
+    """Reuse the group Ray Train made; a lone process (world_size 1) gets its own gloo group."""
+    if dist.is_initialized():
+        if dist.get_world_size() != world_size or dist.get_rank() != rank:
+            raise ValueError(
+                f"PolicyLearner(world_size={world_size}, rank={rank}) does not match the initialised "
+                f"process group (world_size={dist.get_world_size()}, rank={dist.get_rank()})"
+            )
+        if "LOCAL_RANK" not in os.environ:
+            raise RuntimeError(
+                "LOCAL_RANK is not set; DeepSpeed needs it (Ray Train's TorchTrainer and torchrun set it)"
+            )
+        return
+    if world_size != 1:
+        raise RuntimeError(
+            f"world_size={world_size} but torch.distributed is not initialised; run the learner inside "
+            "Ray Train's TorchTrainer (or another launcher that creates the process group)"
+        )
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+
+
+def _disable_shared_memory_comm_op() -> None:
+    """Stop DeepSpeed JIT-compiling its CPU shared-memory all-reduce op (40-90 s on first use).
+
+    DeepSpeed builds that op whenever it wraps a process group on CPU, but only its
+    tensor-parallel inference path (`inference_all_reduce`) uses it; training collectives go
+    through torch.distributed (gloo). Marking the op incompatible in DeepSpeed's own probe
+    table (`deepspeed.ops.__compatible_ops__`, a module-level dict DeepSpeed reads each time)
+    makes `build_shm_op` return None before compiling anything.
+    """
+    if torch.cuda.is_available():
+        return
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def build_deepspeed_config(config: MentorConfig, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config dict for this learner (no optimizer section: a torch AdamW is passed in)."""
+    micro = config.optimizer.micro_batch_samples
+    zero: dict[str, Any] = {"stage": config.deepspeed.zero_stage}
+    if config.deepspeed.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if config.deepspeed.offload_params:
+        zero["offload_param"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": micro,
+        # The learner owns accumulation: it marks the boundary itself and steps once per
+        # mini-batch, with however many micro-batches the mini-batch has.
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro * world_size,
+        "gradient_clipping": config.optimizer.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": bool(config.deepspeed.bf16)},
+        # A torch AdamW instead of DeepSpeed's fused/CPU Adam (which JIT-compiles for minutes on CPU).
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _check_learner_config(config: MentorConfig) -> None:
+    errors = []
+    if config.deepspeed.zero_stage == 0:
+        errors.append(
+            "deepspeed.zero_stage=0: the learner needs ZeRO stage 1, 2 or 3 (it relies on ZeRO's "
+            "global overflow check to skip NaN updates on every rank)"
+        )
+    if config.model.dtype == "float16":
+        errors.append("model.dtype='float16': fp16 training needs loss scaling, which the learner does not do; use float32 or bfloat16")
+    if config.model.dtype == "bfloat16" and not config.deepspeed.bf16:
+        errors.append("model.dtype='bfloat16' needs deepspeed.bf16=true (DeepSpeed then keeps fp32 master weights)")
+    if config.loss.kl_coef != 0.0:
+        errors.append("loss.kl_coef != 0 needs a reference model, which the learner does not hold; set loss.kl_coef=0")
+    if errors:
+        raise ValueError("learner config cannot run:\n  " + "\n  ".join(errors))
+
+
+# ---------------------------------------------------------------------------------------------
+# The learner.
+
+
+class PolicyLearner:
+    """One rank's DeepSpeed-wrapped policy. All public methods are collective."""
+
+    def __init__(self, model_dir: str | Path, config: MentorConfig, world_size: int, rank: int):
+        from transformers import AutoModelForCausalLM
+
+        _check_learner_config(config)
+        self.model_dir = Path(model_dir)
+        if not (self.model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{self.model_dir} is not a Hugging Face model folder (no config.json)")
+        self.config = config
+        self.world_size = world_size
+        self.rank = rank
+        _ensure_process_group(world_size, rank)
+        _disable_shared_memory_comm_op()
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
+
+        model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=_TORCH_DTYPES[config.model.dtype])
+        model.config.use_cache = False
+        self.vocab_size = int(model.config.vocab_size)
+        self.pad_token_id = self._pad_token_id(model)
+        optimizer = torch.optim.AdamW(
+            model.parameters(),
+            lr=config.optimizer.lr,
+            betas=tuple(config.optimizer.betas),
+            weight_decay=config.optimizer.weight_decay,
+        )
+        self.ds_config = build_deepspeed_config(config, world_size)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False
+        )
+        self.device = self.engine.device
+        self.clip = ClipSettings(config.loss.eps_low, config.loss.eps_high, config.loss.dual_clip)
+        self.loss_weights = LossWeights(policy=1.0, kl=config.loss.kl_coef, entropy=config.loss.entropy_coef)
+
+    def _pad_token_id(self, model: torch.nn.Module) -> int:
+        for candidate in (model.config.pad_token_id, model.config.eos_token_id, 0):
+            if isinstance(candidate, list):
+                candidate = candidate[0] if candidate else None
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    # --- collectives ---------------------------------------------------------------------------
+
+    def _all_reduce(self, values: list[float], op: dist.ReduceOp = dist.ReduceOp.SUM) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=op)
+        return tensor.tolist()
+
+    def _dummy_batch(self) -> dict[str, torch.Tensor]:
+        """A two-token pass whose loss is multiplied by 0: keeps ranks' pass counts equal."""
+        ids = torch.full((1, 2), self.pad_token_id, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def _forward(self, batch: dict[str, torch.Tensor], entropy_requires_grad: bool = False):
+        return token_log_probs_and_entropy(self.engine, batch, entropy_requires_grad)
+
+    def _check_samples(self, samples: Sequence[TrainingSample]) -> None:
+        for index, sample in enumerate(samples):
+            _check_sample(sample, index, self.vocab_size)
+
+    # --- no-grad pass --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def compute_old_log_probs(
+        self, samples: Sequence[TrainingSample]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per sample, the log-prob of each response token and the policy entropy before it (fp32, CPU)."""
+        self._check_samples(samples)
+        micro_batches = _chunks(samples, self.config.optimizer.micro_batch_samples)
+        # Under ZeRO-3 every forward gathers parameters collectively: equal pass counts.
+        (passes,) = self._all_reduce([len(micro_batches)], dist.ReduceOp.MAX)
+        log_probs: list[torch.Tensor] = []
+        entropies: list[torch.Tensor] = []
+        was_training = self.engine.training
+        self.engine.eval()
+        try:
+            for index in range(int(passes)):
+                if index < len(micro_batches):
+                    batch = collate(micro_batches[index], self.pad_token_id)
+                    token_log_probs, entropy = self._forward(batch)
+                    log_probs += split_response_values(token_log_probs.float().cpu(), micro_batches[index])
+                    entropies += split_response_values(entropy.float().cpu(), micro_batches[index])
+                else:
+                    self._forward(self._dummy_batch())
+        finally:
+            self.engine.train(was_training)
+        return log_probs, entropies
+
+    def global_entropy_threshold(
+        self, local_on_policy_entropies: torch.Tensor | Sequence[torch.Tensor], quantile: float, floor: float
+    ) -> float:
+        """tau for the next step from the on-policy token entropies of ALL ranks (exact quantile)."""
+        if isinstance(local_on_policy_entropies, torch.Tensor):
+            local = local_on_policy_entropies.detach().flatten().float()
+        else:
+            parts = [torch.as_tensor(t).detach().flatten().float() for t in local_on_policy_entropies]
+            local = torch.cat(parts) if parts else torch.zeros(0)
+        gathered = all_gather_variable_length(local.to(self.device))
+        return next_entropy_threshold(gathered.cpu(), quantile, floor)
+
+    # --- PPO update ----------------------------------------------------------------------------
+
+    def update(
+        self,
+        local_mini_batches: Sequence[Sequence[TrainingSample]],
+        old_log_probs: Sequence[torch.Tensor | Sequence[float]],
+    ) -> dict[str, float]:
+        """PPO epochs over this rank's mini-batches; one optimizer step per global mini-batch.
+
+        `local_mini_batches` is what `shard_for_rank` returned; `old_log_probs` is flat, one entry
+        per sample of `[s for mb in local_mini_batches for s in mb]` (the order
+        `compute_old_log_probs` returns them in for that flat list).
+
+        Gradient scale: DeepSpeed averages gradients over the data-parallel ranks (divides the
+        sum by world_size), and with `scale_wrt_gas=False` does not divide by the accumulation
+        steps. Each micro-batch's loss is sum(token losses) / (G / world_size), with G the
+        global response-token count of the mini-batch; the averaged gradient is then
+        sum over all ranks' tokens / G: the token-level mean over the global mini-batch,
+        whatever the split across ranks and micro-batches.
+        """
+        flat = [s for mini_batch in local_mini_batches for s in mini_batch]
+        self._check_samples(flat)
+        if len(old_log_probs) != len(flat):
+            raise ValueError(f"old_log_probs has {len(old_log_probs)} entries for {len(flat)} local samples")
+        low, high = self._all_reduce([-len(local_mini_batches), len(local_mini_batches)], dist.ReduceOp.MAX)
+        if -low != high:
+            raise ValueError(
+                f"ranks hold different numbers of mini-batches ({int(-low)} to {int(high)}); split the "
+                "global batch with shard_for_rank so global mini-batch k is every rank's k-th local one"
+            )
+        # Attach each sample's old log-probs by position; samples are not hashable.
+        offsets, start = [], 0
+        for mini_batch in local_mini_batches:
+            offsets.append(start)
+            start += len(mini_batch)
+
+        totals = {"loss_sum": 0.0, "tokens": 0.0, "entropy_sum": 0.0, "grad_norm_sum": 0.0}
+        clip_sums: dict[str, float] = {}
+        steps = skipped = empty = 0
+        self.engine.train()
+        for _epoch in range(self.config.optimizer.ppo_epochs):
+            for mini_batch, offset in zip(local_mini_batches, offsets):
+                mini_old = list(old_log_probs[offset : offset + len(mini_batch)])
+                result = self._update_mini_batch(list(mini_batch), mini_old)
+                if result is None:
+                    empty += 1
+                    continue
+                sums, applied, grad_norm = result
+                if not applied:
+                    # A skipped step (NaN/inf loss or gradient norm) contributes no metrics.
+                    skipped += 1
+                    continue
+                steps += 1
+                totals["grad_norm_sum"] += grad_norm
+                totals["loss_sum"] += sums["loss_sum"]
+                totals["tokens"] += sums["tokens"]
+                totals["entropy_sum"] += sums["entropy_sum"]
+                for name, value in sums.items():
+                    if name.startswith("clip/"):
+                        clip_sums[name] = clip_sums.get(name, 0.0) + value
+        tokens = max(totals["tokens"], 1.0)
+        metrics = {
+            "train/loss": totals["loss_sum"] / tokens,
+            "train/entropy_mean": totals["entropy_sum"] / tokens,
+            "train/grad_norm": totals["grad_norm_sum"] / steps if steps else float("nan"),
+            "train/lr": float(self.engine.get_lr()[0]),
+            "train/optimizer_steps": float(steps),
+            "train/skipped_updates": float(skipped),
+            "train/empty_mini_batches": float(empty),
+            "train/tokens": totals["tokens"],
+        }
+        for name, value in clip_sums.items():
+            metrics["train/" + name.removeprefix("clip/")] = value / tokens
+        return metrics
+
+    def _update_mini_batch(
+        self, mini_batch: list[TrainingSample], mini_old: list[Any]
+    ) -> tuple[dict[str, float], bool, float] | None:
+        """Forward/backward every micro-batch of one global mini-batch, then one optimizer step.
+
+        Returns (global sums for metrics, whether the step was applied, grad norm), or None
+        when the global mini-batch has no response tokens (no step on any rank).
+        """
+        size = self.config.optimizer.micro_batch_samples
+        micro_batches = _chunks(mini_batch, size)
+        micro_old = _chunks(mini_old, size)
+        local_tokens = sum(len(s.response_token_ids) for s in mini_batch)
+        (global_tokens,) = self._all_reduce([float(local_tokens)])
+        (passes,) = self._all_reduce([float(len(micro_batches))], dist.ReduceOp.MAX)
+        if global_tokens == 0:
+            return None
+        normalizer = global_tokens / self.world_size
+        entropy_grad = self.loss_weights.entropy != 0.0
+        local = {"loss_sum": 0.0, "entropy_sum": 0.0, "bad": 0.0}
+        clip_counts: dict[str, float] = {}
+        for index in range(int(passes)):
+            self.engine.set_gradient_accumulation_boundary(index == int(passes) - 1)
+            if index < len(micro_batches):
+                batch = collate(micro_batches[index], self.pad_token_id)
+                log_probs, entropy = self._forward(batch, entropy_grad)
+                width = log_probs.shape[1]
+                mask = batch["response_mask"].to(log_probs.device)
+                inputs = PolicyLossInputs(
+                    log_probs=log_probs,
+                    old_log_probs=align_to_response(micro_old[index], micro_batches[index], width).to(log_probs.device),
+                    advantages=batch["advantages"].to(log_probs.device),
+                    response_mask=mask,
+                    entropy=entropy,
+                )
+                output = policy_loss(inputs, self.clip, self.loss_weights, token_normalizer=normalizer)
+                loss = output.loss
+                if not bool(torch.isfinite(loss)):
+                    local["bad"] += 1.0
+                    # Make sure the gradient is non-finite too (an inf loss can have finite
+                    # gradients): ZeRO's overflow check, which it all-reduces over ranks, then
+                    # skips the step and clears the gradients on every rank.
+                    loss = loss * float("nan")
+                else:
+                    local["loss_sum"] += float(loss.detach()) * normalizer
+                local["entropy_sum"] += float((entropy.detach() * mask).sum())
+                tokens = output.metrics["loss/tokens"]
+                for name, value in output.metrics.items():
+                    if name.startswith("clip/"):
+                        clip_counts[name] = clip_counts.get(name, 0.0) + value * tokens
+            else:
+                log_probs, _ = self._forward(self._dummy_batch())
+                loss = log_probs.sum() * 0.0
+            self.engine.backward(loss, scale_wrt_gas=False)
+        clip_names = sorted(clip_counts)
+        reduced = self._all_reduce(
+            [local["loss_sum"], local["entropy_sum"], local["bad"]] + [clip_counts[n] for n in clip_names]
+        )
+        global_bad = reduced[2] > 0
+        self.engine.step()
+        applied = bool(self.engine.was_step_applied())
+        if global_bad and applied:
+            raise RuntimeError("a non-finite loss reached an applied optimizer step; parameters are corrupted")
+        grad_norm = self.engine.get_global_grad_norm()
+        sums = {"loss_sum": reduced[0], "entropy_sum": reduced[1], "tokens": global_tokens}
+        for name, value in zip(clip_names, reduced[3:]):
+            sums[name] = value
+        return sums, applied, float(grad_norm) if grad_norm is not None else float("nan")
+
+    # --- weights out and checkpoints -----------------------------------------------------------
+
+    def export_weights(self) -> dict[str, torch.Tensor] | None:
+        """The full state dict with HF names on rank 0 (None elsewhere). Collective.
+
+        Under ZeRO-3 each parameter is gathered in turn, so at most one full parameter is
+        materialised beyond rank 0's growing copy.
+        """
+        module = self.module
+        if self.config.deepspeed.zero_stage != 3:
+            if self.rank != 0:
+                return None
+            return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+        weights: dict[str, torch.Tensor] = {}
+        for name, parameter in module.named_parameters(remove_duplicate=False):
+            with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None):
+                if self.rank == 0:
+                    weights[name] = parameter.detach().cpu().clone()
+        if self.rank != 0:
+            return None
+        # Buffers are not partitioned; take the persistent ones the state dict would hold.
+        state_keys = set(module.state_dict().keys())
+        for name, buffer in module.named_buffers():
+            if name in state_keys:
+                weights[name] = buffer.detach().cpu().clone()
+        return weights
+
+    def save_hf(self, path: str | Path) -> None:
+        """Rank 0 writes a complete HF model folder (weights, config, tokenizer files). Collective."""
+        weights = self.export_weights()
+        if self.rank != 0:
+            return
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.module.save_pretrained(str(path), state_dict=weights)
+        for name in _TOKENIZER_FILES:
+            source = self.model_dir / name
+            if source.is_file():
+                shutil.copy2(source, path / name)
+
+    def save_checkpoint(self, directory: str | Path, client_state: dict[str, Any] | None = None) -> None:
+        """DeepSpeed's own checkpoint (weights, optimizer partitions, step counters). Collective."""
+        self.engine.save_checkpoint(str(directory), client_state=dict(client_state or {}))
+
+    def load_checkpoint(self, directory: str | Path) -> dict[str, Any]:
+        """Restores weights and optimizer state from `save_checkpoint`; returns the client state."""
+        load_path, client_state = self.engine.load_checkpoint(str(directory))
+        if load_path is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint found in {directory}")
+        return dict(client_state or {})
+
+
+def all_gather_variable_length(local: torch.Tensor) -> torch.Tensor:
+    """Concatenation of every rank's 1-D tensor (lengths may differ), in rank order."""
+    local = local.flatten()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local
+    world_size = dist.get_world_size()
+    length = torch.tensor([local.numel()], dtype=torch.long, device=local.device)
+    lengths = [torch.zeros_like(length) for _ in range(world_size)]
+    dist.all_gather(lengths, length)
+    longest = max(int(n) for n in lengths)
+    padded = torch.zeros(longest, dtype=local.dtype, device=local.device)
+    padded[: local.numel()] = local
+    pieces = [torch.zeros_like(padded) for _ in range(world_size)]
+    dist.all_gather(pieces, padded)
+    return torch.cat([piece[: int(n)] for piece, n in zip(pieces, lengths)])
