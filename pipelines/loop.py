@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import ray
+import ray.data
 import ray.train
 import torch
 import torch.distributed as dist
@@ -93,6 +94,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     is_chief = rank == 0
     _seed_everything(config.seed + rank)
 
+    # One console line per step says where the run is; per-operator bars from inside a
+    # worker arrive as interleaved log lines and bury it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     learner = PolicyLearner(paths.policy_dir, config, world_size, rank)
     schedule = PromptSchedule(len(train_problems), config.rollout.prompts_per_step, config.seed, config.data.shuffle)
     mini_batch_count = config.rollout.prompts_per_step // config.optimizer.mini_batch_prompts

@@ -66,6 +66,11 @@ class RolloutEngineActor(EngineActor):
         self.weights_version = version
         return seconds
 
+    def weights_version_and_pid(self) -> tuple[int, int]:
+        import os
+
+        return self.weights_version, os.getpid()
+
     def sync_weights(self, version: int, weights_ref: list[ray.ObjectRef]) -> float:
         return self._load(version, weights_ref[0])
 

@@ -182,7 +182,9 @@ def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRo
     samples = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
     graded = samples.map_batches(_grade_batch, fn_args=(roles.reward_actors,), batch_format="pandas", num_cpus=0.1)
     if plan.compute_advantages:
-        graded = graded.groupby("prompt_index").map_groups(_group_advantages, fn_kwargs={"alpha": plan.alpha}, batch_format="pandas")
+        # Groups are tiny (N1 + N2 rows): a few shuffle partitions, not Ray's default 200.
+        partitions = max(1, min(8, len(items) // 16))
+        graded = graded.groupby("prompt_index", num_partitions=partitions).map_groups(_group_advantages, fn_kwargs={"alpha": plan.alpha}, batch_format="pandas")
     frame = graded.to_pandas()
     frame = frame.sort_values(["prompt_index", "is_mixed", "sample_index"], kind="stable").reset_index(drop=True)
 

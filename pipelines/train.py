@@ -44,8 +44,23 @@ def _preflight(config, ray_module) -> None:
             )
 
 
+def find_checkpoint(path: str) -> Path:
+    """A checkpoint folder, or the newest checkpoint under a run folder."""
+    from mentor_ray.config import ConfigError
+    from pipelines.loop import CLIENT_STATE_FILE
+
+    root = Path(path).expanduser()
+    if (root / CLIENT_STATE_FILE).is_file():
+        return root
+    candidates = sorted(root.rglob(CLIENT_STATE_FILE), key=lambda p: json.loads(p.read_text())["step"])
+    if not candidates:
+        raise ConfigError(f"checkpoint.resume_from={path!r}: no checkpoint (no {CLIENT_STATE_FILE}) there")
+    return candidates[-1].parent
+
+
 def run_training(config, *, ray_address: str | None = None) -> RunSummary:
     import ray
+    import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from transformers import AutoTokenizer
@@ -58,6 +73,7 @@ def run_training(config, *, ray_address: str | None = None) -> RunSummary:
     from pipelines.roles import build_rollout_roles
 
     started = time.perf_counter()
+    resume_from = find_checkpoint(config.checkpoint.resume_from) if config.checkpoint.resume_from else None
     run_dir = make_run_dir(config)
     paths = resolve_run_paths(config, run_dir)
     save_config(config, run_dir / "config.yaml")
@@ -99,6 +115,7 @@ def run_training(config, *, ray_address: str | None = None) -> RunSummary:
                 failure_config=FailureConfig(max_failures=2),
                 checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep_last),
             ),
+            resume_from_checkpoint=ray.train.Checkpoint(str(resume_from)) if resume_from else None,
         )
         result = trainer.fit()
         if result.error:

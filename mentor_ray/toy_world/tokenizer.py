@@ -18,9 +18,9 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from tokenizers import AddedToken
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast, Qwen2Tokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 BOS_TOKEN = "<|bos|>"
 EOS_TOKEN = "<|end|>"
@@ -48,27 +48,39 @@ CHAT_TEMPLATE = (
 )
 
 
+def _byte_level_symbol(character: str) -> str:
+    """The symbol a byte-level BPE uses for a one-byte character (space is "Ġ", newline "Ċ")."""
+    return bytes_to_unicode()[ord(character)]
+
+
 def build_toy_tokenizer() -> PreTrainedTokenizerFast:
-    """The tokenizer in memory (ids: specials first, then markers, then characters)."""
+    """The tokenizer in memory (ids: specials first, then markers, then characters).
+
+    It is a ``Qwen2Tokenizer`` (byte-level BPE) with an empty merge list, which makes it
+    character-level. Why that class: transformers 5 loads the tokenizer of any folder whose
+    config.json says ``model_type: qwen2`` as ``Qwen2Tokenizer`` whatever tokenizer_config.json
+    names, rebuilding the pipeline from the vocabulary (vLLM does the same). A tokenizer of any
+    other shape would silently change there (a generic character tokenizer lost its spaces).
+    """
     vocab: dict[str, int] = {}
-    for token in (*SPECIAL_TOKENS, *MARKER_TOKENS, *CHARACTERS):
+    for token in (*SPECIAL_TOKENS, *MARKER_TOKENS):
         vocab.setdefault(token, len(vocab))
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    # One piece per character; added tokens (specials, markers) are split out before this.
-    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKER_TOKENS])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core,
+    for character in CHARACTERS:
+        vocab.setdefault(_byte_level_symbol(character), len(vocab))
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        unk_token=UNK_TOKEN,
         bos_token=BOS_TOKEN,
         eos_token=EOS_TOKEN,
         pad_token=PAD_TOKEN,
-        unk_token=UNK_TOKEN,
         additional_special_tokens=list(ROLE_TOKENS),
         model_max_length=512,
         clean_up_tokenization_spaces=False,
     )
+    tokenizer.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})
+    # Ordinary (non-special) added tokens: kept when decoding with skip_special_tokens.
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKER_TOKENS])
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 

@@ -1,0 +1,308 @@
+"""Builds (once per machine) and caches the toy world: tokenizer, expert, policy, RL data.
+
+Everything follows from a frozen ``ToyWorldRecipe``; the cache folder is named by a hash of it,
+so changing any build parameter (or bumping ``TOY_WORLD_VERSION``) builds a new world beside
+the old one. ``report.json`` is written last: a folder without it is a crashed build and is
+rebuilt. A file lock keeps two processes (pytest workers, Ray actors) from building the same
+world at once; the second one waits and then reads the finished cache.
+
+Models: ``Qwen2ForCausalLM`` (vLLM serves Qwen2), float32, head_dim 32 (vLLM's CPU attention
+supports 32/64/80/...), ``tie_word_embeddings=True`` like the small Qwen2.5 models, so the CPU
+run exercises the same tied-head weight sync as a real 0.5B-3B policy (sync ``lm_head.weight``
+too, see docs/CPU_NOTES.md). The expert is larger and trained on data where "+", "-", "*" are
+equally common; the policy is smaller, trained for fewer steps on data where "*" is rare, so
+its weak spot is the multiplication table: exactly where expert guidance helps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mentor_ray.toy_world.task import generate_problems
+from mentor_ray.toy_world.tokenizer import TOY_SYSTEM_PROMPT
+
+TOY_WORLD_VERSION = "toy-world-v2"
+DEFAULT_CACHE_ROOT = Path("~/.cache/mentor-ray/toy-world")
+CACHE_ENV_VAR = "MENTOR_RAY_CACHE"
+REPORT_FILE = "report.json"
+# Fixed so the build is reproducible bit for bit (float reductions depend on the split).
+# One thread, not two: these models are so small that intra-op parallelism gains little, and
+# on a shared 2-core machine (other tests, Ray workers) two OpenMP threads stall each other:
+# measured 1.0-1.2 s vs 20-32 s for the same tiny build under load.
+BUILD_THREADS = 1
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """Shape and SFT schedule of one toy model."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    sft_steps: int
+    learning_rate: float
+    batch_size: int
+    # Relative frequency of "*" in this model's SFT data ("+" and "-" have weight 1).
+    multiply_weight: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+@dataclass(frozen=True)
+class ToyWorldRecipe:
+    """Every parameter of a build; its hash names the cache folder."""
+
+    seed: int = 0
+    version: str = TOY_WORLD_VERSION
+    system_prompt: str = TOY_SYSTEM_PROMPT
+    sft_difficulty: tuple[int, int] = (1, 3)
+    rl_difficulty: tuple[int, int] = (2, 3)
+    sft_problems: int = 20_000
+    train_problems: int = 2_000
+    eval_problems: int = 256
+    max_position_embeddings: int = 512
+    expert: ModelRecipe = field(
+        default_factory=lambda: ModelRecipe(
+            hidden_size=96, num_layers=3, num_attention_heads=3, num_key_value_heads=1,
+            intermediate_size=384, sft_steps=1600, learning_rate=5e-3, batch_size=64, multiply_weight=1.0,
+        )
+    )
+    policy: ModelRecipe = field(
+        default_factory=lambda: ModelRecipe(
+            hidden_size=64, num_layers=2, num_attention_heads=2, num_key_value_heads=1,
+            intermediate_size=192, sft_steps=525, learning_rate=3e-3, batch_size=64, multiply_weight=0.15,
+        )
+    )
+
+    def digest(self) -> str:
+        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ToyWorld:
+    """Paths of a finished build plus its report (accuracies, format rates, timings)."""
+
+    root: Path
+    tokenizer_dir: Path
+    policy_dir: Path
+    expert_dir: Path
+    train_path: Path
+    eval_path: Path
+    report: dict
+
+    @classmethod
+    def at(cls, root: Path, report: dict) -> "ToyWorld":
+        return cls(
+            root=root,
+            tokenizer_dir=root / "tokenizer",
+            policy_dir=root / "policy",
+            expert_dir=root / "expert",
+            train_path=root / "train.jsonl",
+            eval_path=root / "eval.jsonl",
+            report=report,
+        )
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV_VAR) or DEFAULT_CACHE_ROOT).expanduser()
+
+
+def build_toy_world(
+    cache_root: str | Path | None = None,
+    seed: int = 0,
+    force: bool = False,
+    recipe: ToyWorldRecipe | None = None,
+    log: Callable[[str], None] = print,
+) -> ToyWorld:
+    """The toy world for ``seed`` (or ``recipe``), from cache when built before.
+
+    force: rebuild even if a finished build is cached.
+    """
+    if recipe is None:
+        recipe = ToyWorldRecipe(seed=seed)
+    elif recipe.seed != seed and seed != 0:
+        raise ValueError(f"seed={seed} conflicts with recipe.seed={recipe.seed}; pass one of them")
+    cache_root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    root = cache_root / recipe.digest()
+    if not force:
+        cached = _read_finished(root)
+        if cached is not None:
+            return cached
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with open(cache_root / f"{recipe.digest()}.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            # Another process may have finished the build while this one waited for the lock.
+            if not force:
+                cached = _read_finished(root)
+                if cached is not None:
+                    return cached
+            if root.exists():
+                shutil.rmtree(root)
+            return _build(root, recipe, log)
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _read_finished(root: Path) -> ToyWorld | None:
+    report_path = root / REPORT_FILE
+    if not report_path.is_file():
+        return None
+    try:
+        report = json.loads(report_path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return ToyWorld.at(root, report)
+
+
+def _write_jsonl(path: Path, problems: list[dict]) -> None:
+    with open(path, "w") as f:
+        for p in problems:
+            f.write(json.dumps({"problem_id": p["problem_id"], "problem": p["problem"], "answer": p["answer"]}) + "\n")
+
+
+def make_datasets(recipe: ToyWorldRecipe) -> dict[str, list[dict]]:
+    """RL train and eval prompts, plus each model's SFT data, all disjoint from eval and train.
+
+    Seeds are derived from the recipe seed so each set is reproducible on its own.
+    """
+    base = recipe.seed * 1000
+    eval_set = generate_problems(recipe.eval_problems, base + 1, recipe.rl_difficulty, id_prefix="toy-eval")
+    eval_texts = {p["problem"] for p in eval_set}
+    # Drawn with margin, then trimmed: some draws repeat an eval problem and are dropped.
+    train_candidates = generate_problems(2 * recipe.train_problems, base + 2, recipe.rl_difficulty, id_prefix="toy-train")
+    train_set = [p for p in train_candidates if p["problem"] not in eval_texts][: recipe.train_problems]
+    held_out = eval_texts | {p["problem"] for p in train_set}
+    sft_sets = {}
+    for offset, (name, model) in enumerate((("expert", recipe.expert), ("policy", recipe.policy)), start=3):
+        candidates = generate_problems(
+            recipe.sft_problems, base + offset, recipe.sft_difficulty,
+            op_weights={"+": 1.0, "-": 1.0, "*": model.multiply_weight}, id_prefix=f"toy-sft-{name}",
+        )
+        sft_sets[name] = [p for p in candidates if p["problem"] not in held_out]
+    return {"train": train_set, "eval": eval_set, "sft_expert": sft_sets["expert"], "sft_policy": sft_sets["policy"]}
+
+
+def _build(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], None]) -> ToyWorld:
+    # Heavy imports here, so reading a cached world stays fast and light.
+    import torch
+
+    # The caller's thread setting is restored after the build.
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        return _build_with_torch(root, recipe, log)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _build_with_torch(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], None]) -> ToyWorld:
+    from mentor_ray.toy_world.tokenizer import save_toy_tokenizer
+
+    started = time.perf_counter()
+    world = ToyWorld.at(root, report={})
+    root.mkdir(parents=True)
+    log(f"[toy-world] building {root} (recipe {recipe.digest()})")
+    tokenizer = save_toy_tokenizer(world.tokenizer_dir)
+    datasets = make_datasets(recipe)
+    _write_jsonl(world.train_path, datasets["train"])
+    _write_jsonl(world.eval_path, datasets["eval"])
+    report: dict = {"recipe_hash": recipe.digest(), "recipe": dataclasses.asdict(recipe), "vocab_size": len(tokenizer)}
+    for offset, (name, model_recipe, directory) in enumerate(
+        (("expert", recipe.expert, world.expert_dir), ("policy", recipe.policy, world.policy_dir)), start=1
+    ):
+        report[name] = _train_and_save(
+            name, model_recipe, recipe, tokenizer, datasets[f"sft_{name}"], datasets["eval"],
+            directory, seed=recipe.seed * 1000 + offset, log=log,
+        )
+    report["build_seconds"] = round(time.perf_counter() - started, 1)
+    for name in ("expert", "policy"):
+        r = report[name]
+        log(
+            f"[toy-world] {name}: greedy acc {r['greedy_accuracy']:.3f} (with '*' {r['greedy_accuracy_with_multiply']:.3f}, "
+            f"without {r['greedy_accuracy_without_multiply']:.3f}), sampled@T=1 acc {r['sampled_accuracy']:.3f}, "
+            f"format greedy {r['greedy_format_rate']:.3f} / sampled {r['sampled_format_rate']:.3f}"
+        )
+    log(f"[toy-world] built in {report['build_seconds']:.0f}s: {root}")
+    # Last, and atomically: its presence marks the build as finished.
+    temporary = root / (REPORT_FILE + ".tmp")
+    temporary.write_text(json.dumps(report, indent=2))
+    temporary.replace(root / REPORT_FILE)
+    # Read back, so a fresh build and a cache hit return identical (JSON-typed) reports.
+    return ToyWorld.at(root, json.loads((root / REPORT_FILE).read_text()))
+
+
+def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tokenizer, sft_data, eval_set, directory: Path, seed: int, log) -> dict:
+    import torch
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    from mentor_ray.toy_world.evaluate import generate_responses, score_responses
+    from mentor_ray.toy_world.sft import SFTConfig, train_sft
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=model_recipe.hidden_size,
+        num_hidden_layers=model_recipe.num_layers,
+        num_attention_heads=model_recipe.num_attention_heads,
+        num_key_value_heads=model_recipe.num_key_value_heads,
+        intermediate_size=model_recipe.intermediate_size,
+        max_position_embeddings=recipe.max_position_embeddings,
+        rope_theta=10_000.0,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+    if model_recipe.head_dim not in (32, 64, 80, 96, 112, 128):
+        raise ValueError(f"{name}: head_dim {model_recipe.head_dim} is not one vLLM's CPU attention supports")
+    model = Qwen2ForCausalLM(config)
+    sft = SFTConfig(steps=model_recipe.sft_steps, batch_size=model_recipe.batch_size, learning_rate=model_recipe.learning_rate)
+    losses = train_sft(model, tokenizer, sft_data, sft, seed=seed, log=log, name=name)
+    train_seconds = time.perf_counter() - started
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
+    model.save_pretrained(str(directory), safe_serialization=True)
+    tokenizer.save_pretrained(str(directory))
+
+    problems = [p["problem"] for p in eval_set]
+    answers = [p["answer"] for p in eval_set]
+    greedy_responses = generate_responses(model, tokenizer, problems, temperature=0.0)
+    sampled = score_responses(generate_responses(model, tokenizer, problems, temperature=1.0, seed=seed), answers)
+    greedy = score_responses(greedy_responses, answers)
+
+    def greedy_accuracy_where(needs_multiply: bool) -> float | None:
+        subset = [(r, p["answer"]) for r, p in zip(greedy_responses, eval_set) if ("*" in p["problem"]) == needs_multiply]
+        return score_responses(*zip(*subset)).accuracy if subset else None
+
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "sft_problems": len(sft_data),
+        "sft_final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 4),
+        "sft_seconds": round(train_seconds, 1),
+        "greedy_accuracy": greedy.accuracy,
+        "greedy_format_rate": greedy.format_rate,
+        "sampled_accuracy": sampled.accuracy,
+        "sampled_format_rate": sampled.format_rate,
+        "greedy_accuracy_with_multiply": greedy_accuracy_where(True),
+        "greedy_accuracy_without_multiply": greedy_accuracy_where(False),
+        "eval_seconds": round(time.perf_counter() - started - train_seconds, 1),
+    }

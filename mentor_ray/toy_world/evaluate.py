@@ -1,0 +1,103 @@
+"""Fast batched generation with HF ``generate`` and a local exact-match grader for the toy task.
+
+The project's real grader (math-verify, format checks, time bounds) is mentor_ray/rewards.py;
+this one only needs to tell whether a toy model learned its task, so it is a plain string
+match of the last ``\\boxed{...}`` against the integer answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from mentor_ray.toy_world.tokenizer import chat_prompt
+
+_BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_FORMAT = re.compile(r"^\s*<think>.+?</think>.*\\boxed\{[^{}]*\}\s*$", re.DOTALL)
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` in ``text`` (no nested braces), or None."""
+    matches = _BOXED.findall(text)
+    return matches[-1].strip() if matches else None
+
+
+def is_correct(response: str, answer: str) -> bool:
+    return last_boxed(response) == str(answer).strip()
+
+
+def is_well_formatted(response: str) -> bool:
+    """``<think>...</think> ... \\boxed{...}`` with nothing after the box."""
+    return _FORMAT.match(response) is not None
+
+
+@torch.no_grad()
+def generate_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[str],
+    temperature: float = 0.0,
+    max_new_tokens: int = 64,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> list[str]:
+    """Responses (decoded, special tokens dropped) for each problem text; temperature 0 = greedy.
+
+    Sampling uses the full distribution (top_k 0, top_p 1): the distribution RL samples from.
+    """
+    model.eval()
+    original_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        responses: list[str] = []
+        for start in range(0, len(problems), batch_size):
+            prompts = [chat_prompt(tokenizer, p) for p in problems[start : start + batch_size]]
+            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+            output = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **sampling,
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            responses.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        return responses
+    finally:
+        tokenizer.padding_side = original_side
+        torch.random.set_rng_state(generator_state)
+
+
+@dataclass(frozen=True)
+class Scores:
+    accuracy: float
+    format_rate: float
+    count: int
+
+
+def score_responses(responses: Sequence[str], answers: Sequence[str]) -> Scores:
+    if len(responses) != len(answers):
+        raise ValueError(f"{len(responses)} responses for {len(answers)} answers")
+    if not responses:
+        raise ValueError("score_responses needs at least one response")
+    correct = sum(is_correct(r, a) for r, a in zip(responses, answers))
+    formatted = sum(is_well_formatted(r) for r in responses)
+    return Scores(accuracy=correct / len(responses), format_rate=formatted / len(responses), count=len(responses))
+
+
+def evaluate_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: Sequence[dict],
+    temperature: float,
+    seed: int = 0,
+) -> Scores:
+    responses = generate_responses(model, tokenizer, [p["problem"] for p in problems], temperature=temperature, seed=seed)
+    return score_responses(responses, [p["answer"] for p in problems])

@@ -1,0 +1,321 @@
+"""The toy world: task generator, tokenizer, and the cached build of the two tiny models.
+
+The build-backed tests share one session fixture that reads the machine-wide cache
+(``$MENTOR_RAY_CACHE`` or ``~/.cache/mentor-ray/toy-world``), so the ~2-4 minute build runs
+once per machine; every later session only loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from mentor_ray.toy_world.build import (
+    REPORT_FILE,
+    ModelRecipe,
+    ToyWorldRecipe,
+    build_toy_world,
+    default_cache_root,
+    make_datasets,
+)
+from mentor_ray.toy_world.evaluate import is_correct, is_well_formatted, last_boxed
+from mentor_ray.toy_world.task import generate_problems
+from mentor_ray.toy_world.tokenizer import (
+    MARKER_TOKENS,
+    TOY_SYSTEM_PROMPT,
+    build_toy_tokenizer,
+    chat_prompt,
+    save_toy_tokenizer,
+)
+
+
+# --- an evaluator written independently of the generator (no Python eval) -----------------
+
+
+def _tokenize_expression(text: str) -> list[str]:
+    tokens = re.findall(r"\d+|[+\-*]", text)
+    if "".join(tokens) != text:
+        raise ValueError(f"unexpected characters in {text!r}")
+    return tokens
+
+
+def _evaluate_expression(text: str) -> int:
+    """Recursive descent: sum := product (('+'|'-') product)*, product := int ('*' int)*."""
+    tokens = _tokenize_expression(text)
+    position = 0
+
+    def product() -> int:
+        nonlocal position
+        value = int(tokens[position])
+        position += 1
+        while position < len(tokens) and tokens[position] == "*":
+            value *= int(tokens[position + 1])
+            position += 2
+        return value
+
+    total = product()
+    while position < len(tokens):
+        operator = tokens[position]
+        position += 1
+        total = total + product() if operator == "+" else total - product()
+    return total
+
+
+def test_independent_evaluator_itself():
+    assert _evaluate_expression("7+5*3-2") == 20
+    assert _evaluate_expression("2*3*4-1") == 23
+    assert _evaluate_expression("9-4-3") == 2
+
+
+# --- task ---------------------------------------------------------------------------------
+
+
+def test_generate_problems_is_deterministic_in_seed():
+    first = generate_problems(200, seed=5, difficulty=(1, 4))
+    assert first == generate_problems(200, seed=5, difficulty=(1, 4))
+    assert first != generate_problems(200, seed=6, difficulty=(1, 4))
+    assert len({p["problem_id"] for p in first}) == 200
+
+
+@pytest.mark.parametrize("difficulty", [1, 3, (2, 4)])
+def test_answers_and_worked_steps_are_correct(difficulty):
+    for p in generate_problems(300, seed=11, difficulty=difficulty):
+        assert p["problem"].startswith("Compute ")
+        expression = p["problem"].removeprefix("Compute ")
+        assert str(_evaluate_expression(expression)) == p["answer"]
+        match = re.fullmatch(r"<think>(.+)</think> \\boxed\{(\d+)\}", p["solution"])
+        assert match, p["solution"]
+        assert match.group(2) == p["answer"]
+        steps = match.group(1).split(";")
+        operation_count = len(re.findall(r"[+\-*]", expression))
+        assert len(steps) == operation_count
+        low, high = (difficulty, difficulty) if isinstance(difficulty, int) else difficulty
+        assert low <= operation_count <= high
+        for step in steps:
+            left, right = step.split("=")
+            assert _evaluate_expression(left) == int(right), step
+        assert steps[-1].endswith("=" + p["answer"])
+        assert is_well_formatted(p["solution"]) and is_correct(p["solution"], p["answer"])
+
+
+def test_multiply_weight_under_represents_multiplication():
+    def multiply_share(weight: float) -> float:
+        problems = generate_problems(2000, seed=3, op_weights={"+": 1, "-": 1, "*": weight})
+        return sum("*" in p["problem"] for p in problems) / len(problems)
+
+    # Fixed seed; with equal weights ~2/3 of 2-3 operation problems contain "*", at 0.15 ~1/6.
+    assert multiply_share(1.0) > 0.5
+    assert multiply_share(0.15) < 0.25
+
+
+def test_bad_generator_input_is_named():
+    with pytest.raises(ValueError, match="difficulty"):
+        generate_problems(3, seed=0, difficulty=0)
+    with pytest.raises(ValueError, match="unknown operators"):
+        generate_problems(3, seed=0, op_weights={"/": 1.0})
+    with pytest.raises(ValueError, match="n must be"):
+        generate_problems(-1, seed=0)
+
+
+def test_local_grader():
+    assert last_boxed("<think>x</think> \\boxed{1} \\boxed{12}") == "12"
+    assert is_correct("<think>1+2=3</think> \\boxed{3}", "3")
+    assert not is_correct("<think>1+2=3</think> \\boxed{4}", "3")
+    assert not is_well_formatted("\\boxed{3}")
+    assert not is_well_formatted("<think>1+2=3</think> \\boxed{3} extra")
+
+
+# --- tokenizer ----------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trips_task_text_and_is_small():
+    tokenizer = build_toy_tokenizer()
+    assert len(tokenizer) < 128
+    texts = [TOY_SYSTEM_PROMPT] + [p["problem"] + p["solution"] for p in generate_problems(300, seed=2, difficulty=(1, 4))]
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.unk_token_id not in ids, text
+        assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    for marker in MARKER_TOKENS:
+        assert len(tokenizer(marker, add_special_tokens=False)["input_ids"]) == 1, marker
+    # Character-level: a digit run is one token per digit.
+    assert len(tokenizer("1234", add_special_tokens=False)["input_ids"]) == 4
+
+
+def test_chat_template_renders_saved_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    save_toy_tokenizer(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    with_system = tokenizer.apply_chat_template(
+        [{"role": "system", "content": TOY_SYSTEM_PROMPT}, {"role": "user", "content": "Compute 1+2"}],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert with_system == f"<|bos|><|system|>{TOY_SYSTEM_PROMPT}<|end|><|user|>Compute 1+2<|end|><|assistant|>"
+    without_system = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Compute 1+2"}], add_generation_prompt=True, tokenize=False
+    )
+    assert without_system == "<|bos|><|user|>Compute 1+2<|end|><|assistant|>"
+    assert chat_prompt(tokenizer, "Compute 1+2") == with_system
+    # No tokens are added on top of the template's own, so HF and vLLM encode prompts alike.
+    assert tokenizer(with_system, add_special_tokens=True)["input_ids"] == tokenizer(with_system, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(with_system, add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.convert_tokens_to_ids("<|assistant|>")
+    assert {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id} == {1, 2, 0}
+    assert tokenizer.decode(ids, skip_special_tokens=True) == TOY_SYSTEM_PROMPT + "Compute 1+2"
+
+
+def test_tokenizer_survives_loading_from_a_qwen2_model_folder(tmp_path):
+    """transformers 5 and vLLM load a qwen2 folder's tokenizer as Qwen2Tokenizer, whatever the
+    tokenizer config names; the toy tokenizer must encode identically there (spaces included)."""
+    from transformers import AutoTokenizer, Qwen2Config
+
+    tokenizer = save_toy_tokenizer(tmp_path)
+    Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, num_attention_heads=1).save_pretrained(tmp_path)
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = chat_prompt(tokenizer, "Compute 1+2*3") + "<think>2*3=6;1+6=7</think> \\boxed{7}"
+    assert reloaded(text)["input_ids"] == tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert " " in reloaded.decode(reloaded(text)["input_ids"], skip_special_tokens=True)
+
+
+# --- recipe and cache (tiny recipe: seconds) -----------------------------------------------
+
+
+def _tiny_recipe(seed: int = 0) -> ToyWorldRecipe:
+    tiny = ModelRecipe(
+        hidden_size=32, num_layers=1, num_attention_heads=1, num_key_value_heads=1,
+        intermediate_size=64, sft_steps=3, learning_rate=1e-3, batch_size=8, multiply_weight=1.0,
+    )
+    return ToyWorldRecipe(seed=seed, sft_problems=200, train_problems=8, eval_problems=4, expert=tiny, policy=tiny)
+
+
+def test_recipe_hash_is_deterministic_and_covers_every_parameter():
+    assert ToyWorldRecipe().digest() == ToyWorldRecipe().digest()
+    assert ToyWorldRecipe(seed=1).digest() != ToyWorldRecipe().digest()
+    assert _tiny_recipe().digest() != ToyWorldRecipe().digest()
+    assert ToyWorldRecipe(version="other").digest() != ToyWorldRecipe().digest()
+
+
+def test_datasets_are_disjoint_and_deterministic():
+    recipe = ToyWorldRecipe(sft_problems=3000, train_problems=500, eval_problems=200)
+    data = make_datasets(recipe)
+    assert data == make_datasets(recipe)
+    eval_texts = {p["problem"] for p in data["eval"]}
+    train_texts = {p["problem"] for p in data["train"]}
+    assert len(data["train"]) == 500 and len(data["eval"]) == 200
+    assert not eval_texts & train_texts
+    for name in ("sft_expert", "sft_policy"):
+        assert not {p["problem"] for p in data[name]} & (eval_texts | train_texts)
+
+
+def test_half_written_build_is_rebuilt_and_cache_is_reused(tmp_path):
+    recipe = _tiny_recipe()
+    world = build_toy_world(tmp_path, recipe=recipe, log=lambda _: None)
+    assert world.root == tmp_path / recipe.digest()
+    first_report = json.loads((world.root / REPORT_FILE).read_text())
+    assert first_report == world.report
+
+    started = time.perf_counter()
+    again = build_toy_world(tmp_path, recipe=recipe, log=lambda _: None)
+    assert time.perf_counter() - started < 1.0 and again.report == world.report
+
+    # A crash before report.json leaves a folder without it: the next call rebuilds.
+    (world.root / REPORT_FILE).unlink()
+    (world.root / "policy" / "model.safetensors").unlink()
+    rebuilt = build_toy_world(tmp_path, recipe=recipe, log=lambda _: None)
+    assert (rebuilt.policy_dir / "model.safetensors").is_file()
+    assert (rebuilt.root / REPORT_FILE).is_file()
+
+
+def test_seed_argument_conflicting_with_recipe_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="conflicts"):
+        build_toy_world(tmp_path, seed=3, recipe=_tiny_recipe(seed=4))
+
+
+# --- the real build (cached per machine) ----------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def toy_world():
+    return build_toy_world(default_cache_root())
+
+
+def test_build_meets_accuracy_targets(toy_world):
+    expert, policy = toy_world.report["expert"], toy_world.report["policy"]
+    assert expert["greedy_accuracy"] >= 0.8
+    assert expert["greedy_format_rate"] >= 0.95
+    assert 0.05 <= policy["greedy_accuracy"] <= 0.35
+    # GRPO needs signal: some sampled responses must be right, and the format must be reliable.
+    assert policy["sampled_accuracy"] >= 0.05
+    assert policy["greedy_format_rate"] >= 0.9 and policy["sampled_format_rate"] >= 0.8
+    # The gap sits where the expert is strong: problems that need the multiplication table.
+    assert policy["greedy_accuracy_with_multiply"] < policy["greedy_accuracy_without_multiply"]
+    assert expert["greedy_accuracy_with_multiply"] - policy["greedy_accuracy_with_multiply"] >= 0.5
+
+
+def test_build_folders_load_and_share_the_tokenizer(toy_world):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(toy_world.tokenizer_dir)
+    for directory in (toy_world.policy_dir, toy_world.expert_dir):
+        for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
+            assert (directory / name).is_file(), directory / name
+        model = AutoModelForCausalLM.from_pretrained(directory)
+        assert model.config.model_type == "qwen2"
+        assert model.config.vocab_size == len(tokenizer)
+        assert model.config.hidden_size // model.config.num_attention_heads in (32, 64)
+        assert model.config.max_position_embeddings >= 512
+        from_model_folder = AutoTokenizer.from_pretrained(directory)
+        assert from_model_folder.get_vocab() == tokenizer.get_vocab()
+        text = chat_prompt(tokenizer, "Compute 4+5*6") + "<think>5*6=30;4+30=34</think> \\boxed{34}"
+        assert from_model_folder(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+
+def test_build_jsonl_files(toy_world):
+    rows = {}
+    for name, path in (("train", toy_world.train_path), ("eval", toy_world.eval_path)):
+        rows[name] = [json.loads(line) for line in path.read_text().splitlines()]
+        assert rows[name] and all(set(r) == {"problem_id", "problem", "answer"} for r in rows[name])
+        assert all(str(_evaluate_expression(r["problem"].removeprefix("Compute "))) == r["answer"] for r in rows[name])
+    assert not {r["problem"] for r in rows["train"]} & {r["problem"] for r in rows["eval"]}
+
+
+def test_cached_build_returns_in_under_a_second(toy_world):
+    started = time.perf_counter()
+    again = build_toy_world(toy_world.root.parent)
+    assert time.perf_counter() - started < 1.0
+    assert again.root == toy_world.root and again.report == toy_world.report
+
+
+@pytest.mark.slow
+def test_vllm_greedy_matches_hf(toy_world, monkeypatch):
+    """vLLM (CPU, fp32, eager) loads both toy models and greedy-decodes what HF decodes."""
+    for key, value in {
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    }.items():
+        monkeypatch.setenv(key, value)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from vllm import LLM, SamplingParams
+
+    from mentor_ray.toy_world.evaluate import generate_responses
+
+    problems = [json.loads(line) for line in toy_world.eval_path.read_text().splitlines()][:8]
+    tokenizer = AutoTokenizer.from_pretrained(toy_world.tokenizer_dir)
+    prompts = [chat_prompt(tokenizer, p["problem"]) for p in problems]
+    for directory in (toy_world.expert_dir, toy_world.policy_dir):
+        hf = generate_responses(
+            AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32), tokenizer, [p["problem"] for p in problems]
+        )
+        llm = LLM(model=str(directory), dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
+        outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=64))
+        from_vllm = [o.outputs[0].text for o in outputs]
+        del llm
+        assert from_vllm == hf, directory
+        assert all(is_well_formatted(text) for text in from_vllm)
