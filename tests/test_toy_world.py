@@ -31,7 +31,6 @@ from mentor_ray.toy_world.tokenizer import (
     save_toy_tokenizer,
 )
 
-
 # --- an evaluator written independently of the generator (no Python eval) -----------------
 
 

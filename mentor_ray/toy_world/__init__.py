@@ -6,9 +6,18 @@ the task and a weaker policy whose gap is the multiplication table. ``build_toy_
 returns the cached folders; ``python -m mentor_ray.toy_world`` builds them from the shell.
 """
 
-from mentor_ray.toy_world.build import ModelRecipe, ToyWorld, ToyWorldRecipe, build_toy_world
+from mentor_ray.toy_world.build import (
+    ModelRecipe,
+    ToyWorld,
+    ToyWorldRecipe,
+    build_toy_world,
+)
 from mentor_ray.toy_world.task import generate_problems
-from mentor_ray.toy_world.tokenizer import TOY_SYSTEM_PROMPT, build_toy_tokenizer, chat_prompt
+from mentor_ray.toy_world.tokenizer import (
+    TOY_SYSTEM_PROMPT,
+    build_toy_tokenizer,
+    chat_prompt,
+)
 
 __all__ = [
     "TOY_SYSTEM_PROMPT",

@@ -105,7 +105,7 @@ class ToyWorld:
     report: dict
 
     @classmethod
-    def at(cls, root: Path, report: dict) -> "ToyWorld":
+    def at(cls, root: Path, report: dict) -> ToyWorld:
         return cls(
             root=root,
             tokenizer_dir=root / "tokenizer",
@@ -171,8 +171,7 @@ def _read_finished(root: Path) -> ToyWorld | None:
 
 def _write_jsonl(path: Path, problems: list[dict]) -> None:
     with open(path, "w") as f:
-        for p in problems:
-            f.write(json.dumps({"problem_id": p["problem_id"], "problem": p["problem"], "answer": p["answer"]}) + "\n")
+        f.writelines(json.dumps({"problem_id": p["problem_id"], "problem": p["problem"], "answer": p["answer"]}) + "\n" for p in problems)
 
 
 def make_datasets(recipe: ToyWorldRecipe) -> dict[str, list[dict]]:

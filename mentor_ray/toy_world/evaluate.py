@@ -59,7 +59,11 @@ def generate_responses(
         for start in range(0, len(problems), batch_size):
             prompts = [chat_prompt(tokenizer, p) for p in problems[start : start + batch_size]]
             batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-            sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else dict(do_sample=False)
+            sampling = (
+                {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+                if temperature > 0
+                else {"do_sample": False}
+            )
             output = model.generate(
                 **batch,
                 max_new_tokens=max_new_tokens,
