@@ -410,6 +410,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({error})") from error
+    if isinstance(value, str):
+        # YAML 1.1 reads "5e-4" (no dot) as a string; on a command line it is a number.
+        try:
+            value = float(value) if any(c in value.lower() for c in ".en") else int(value)
+        except ValueError:
+            pass
     return key.strip(), value
 
 

@@ -115,6 +115,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     run_dir = Path(paths.run_dir)
     sinks = build_sinks(config.logging.sinks, run_dir, config.logging.project, run_dir.name, config.to_dict()) if is_chief else []
+    if is_chief and state["step"] == 0 and eval_problems and config.eval.every_steps:
+        # Step 0: the initial policy's validation, so every later number has its baseline.
+        initial = evaluate_policy(eval_problems, config, roles, 0, weights_version)
+        for sink in sinks:
+            sink.log(0, initial)
+        print(f"step 0/{config.total_steps} | initial policy val {initial.get('val/greedy_accuracy', float('nan')):.3f}", flush=True)
     run_started = time.perf_counter() - state["elapsed_seconds"]
     first_step = state["step"] + 1
     for step in range(first_step, config.total_steps + 1):

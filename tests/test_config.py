@@ -38,6 +38,8 @@ def test_round_trip_through_yaml(tmp_path):
 
 def test_int_is_accepted_for_float():
     assert load_config(None, ["guidance.tau_floor=2"]).guidance.tau_floor == 2.0
+    assert load_config(None, ["optimizer.lr=5e-4"]).optimizer.lr == 5e-4  # YAML 1.1 reads this as a string
+    assert load_config(None, ["logging.run_name=run7"]).logging.run_name == "run7"
 
 
 @pytest.mark.parametrize(

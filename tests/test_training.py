@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from mentor_ray.config import ConfigError, load_config
 from mentor_ray.metrics import read_metrics
@@ -76,3 +77,101 @@ def test_config_errors_before_work(tmp_path, toy_world):
     blocked.write_text("x")
     with pytest.raises(ConfigError, match="not writable"):
         run_training(_config(blocked))
+
+
+def _step_metrics(run_dir, step):
+    return next(r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["step"] == step)
+
+
+def test_resume_continues_the_same_run(short_run, tmp_path):
+    """Resumed at step 2, step 3 reproduces the uninterrupted run's step 3."""
+    import ray
+
+    from pipelines.loop import CLIENT_STATE_FILE
+
+    checkpoint = next(
+        p.parent for p in Path(short_run.run_dir).rglob(CLIENT_STATE_FILE) if json.loads(p.read_text())["step"] == 2
+    )
+    resumed = run_training(_config(tmp_path, "logging.run_name=resumed", f"checkpoint.resume_from={checkpoint}"))
+    ray.shutdown()
+    assert [r["step"] for r in read_metrics(Path(resumed.run_dir) / "metrics.jsonl")] == [3]
+    original, again = _step_metrics(short_run.run_dir, 3), _step_metrics(resumed.run_dir, 3)
+    # Same prompts, same sampling seeds, same weights and optimizer state: float noise only.
+    for key in ("rollout/on_policy_reward", "rollout/mixed_reward", "rollout/response_length", "guidance/entropy_threshold"):
+        assert again[key] == pytest.approx(original[key], abs=1e-6), key
+    for key in ("train/loss", "train/grad_norm", "rollout/entropy_mean", "val/greedy_accuracy"):
+        assert again[key] == pytest.approx(original[key], rel=1e-3, abs=1e-5), key
+
+
+def test_learner_worker_killed_mid_run_restarts_from_checkpoint(toy_world, tmp_path):
+    import psutil
+    import ray
+    from ray.util.state import list_actors
+
+    config = _config(tmp_path, "logging.run_name=killed", "total_steps=5", "eval.every_steps=0")
+    metrics_path = tmp_path / "killed" / "metrics.jsonl"
+    killed = {}
+
+    def kill_after_step_three():
+        deadline = time.time() + 600
+        while time.time() < deadline and not killed:
+            if metrics_path.exists() and any(r["step"] >= 3 for r in read_metrics(metrics_path)):
+                for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+                    psutil.Process(actor.pid).send_signal(signal.SIGKILL)
+                    killed["pid"] = actor.pid
+                    return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_after_step_three, daemon=True)
+    killer.start()
+    summary = run_training(config)
+    killer.join(timeout=5)
+    ray.shutdown()
+    assert killed, "the learner worker was never killed"
+    assert summary.steps == 5
+    steps = [r["step"] for r in read_metrics(metrics_path)]
+    assert steps == [1, 2, 3, 4, 5]
+    # Steps after the checkpoint at step 2 were run again by the restarted worker.
+    lines = [json.loads(line)["step"] for line in metrics_path.read_text().splitlines()]
+    assert len(lines) > 5 and lines.count(3) >= 2
+
+
+def test_first_ppo_ratio_is_one(toy_world, local_ray):
+    """For freshly synced weights the learner's log-probs of sampled tokens equal the engine's."""
+    import ray
+    from transformers import AutoTokenizer
+
+    from mentor_ray.learner import PolicyLearner, TrainingSample
+    from mentor_ray.run_inputs import load_tokenized_problems
+    from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
+    from pipelines.roles import build_rollout_roles
+    from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
+
+    config = _config(Path("/tmp"), "rollout.n_mixed=0", "model.expert_path=null")
+    tokenizer = AutoTokenizer.from_pretrained(toy_world.policy_dir)
+    problems, _ = load_tokenized_problems(str(toy_world.train_path), config, tokenizer, TOY_SYSTEM_PROMPT, "train", limit=8)
+    roles = build_rollout_roles(config, str(toy_world.policy_dir), None)
+    learner = PolicyLearner(toy_world.policy_dir, config, world_size=1, rank=0)
+    try:
+        # Move the learner's weights off the checkpoint the engine loaded, so the match below
+        # can only come from the in-place sync (tied embeddings and head included).
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for parameter in learner.module.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
+        roles.publish_weights(1, learner.export_weights())
+        plan = RolloutPlan(step=1, seed=0, n_on_policy=4, n_mixed=0, max_new_tokens=64, temperature=1.0, top_p=1.0,
+                           entropy_threshold=1.0, alpha=0.0, weights_version=1)
+        rows = run_rollout([PromptRecord(i, p.problem_id, p.answer, p.prompt_token_ids) for i, p in enumerate(problems)], plan, roles).rows
+        samples = [TrainingSample(list(r["prompt_token_ids"]), list(r["response_token_ids"]), 0.0, False, r["prompt_index"]) for r in rows]
+        old_log_probs, _ = learner.compute_old_log_probs(samples)
+        differences = [
+            float((lp - torch.tensor(r["behaviour_log_probs"], dtype=torch.float32)).abs().max())
+            for lp, r in zip(old_log_probs, rows)
+        ]
+        # fp32 on CPU: vLLM and transformers kernels differ by summation order only.
+        assert max(differences) < 1e-3, max(differences)
+        ratios = torch.cat([torch.exp(lp - torch.tensor(r["behaviour_log_probs"])) for lp, r in zip(old_log_probs, rows)])
+        assert float((ratios - 1).abs().max()) < 1e-3
+    finally:
+        roles.shutdown()
