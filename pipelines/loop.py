@@ -103,12 +103,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     state = {"step": 0, "entropy_threshold": config.guidance.tau_init, "skipped_updates": 0, "elapsed_seconds": 0.0}
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            state.update(learner.load_checkpoint(Path(folder) / "deepspeed"))
-    # After a resume (or a worker restart) the engines may hold older weights: sync first.
+            loaded = learner.load_checkpoint(Path(folder) / "deepspeed")
+        # DeepSpeed returns its own bookkeeping beside ours; keep only the loop's keys.
+        state.update({key: loaded[key] for key in state if key in loaded})
+    if is_chief and checkpoint is not None:
+        print(f"resuming at step {state['step']} from {checkpoint.path}", flush=True)
+    # After a resume or a worker restart the engines may hold weights from later steps than
+    # the checkpoint: every (re)start publishes the learner's weights first.
     weights = learner.export_weights()
-    if is_chief and state["step"] > 0:
+    if is_chief:
         roles.publish_weights(state["step"], weights)
     del weights
     weights_version = state["step"]

@@ -103,6 +103,9 @@ def run_training(config, *, ray_address: str | None = None) -> RunSummary:
                 "roles": roles,
                 "train_problems": train_problems,
                 "eval_problems": eval_problems,
+                # Ray Train's own checkpoint wins after a worker restart; this is the user's
+                # resume point for a new run (TorchTrainer's resume argument is deprecated in V2).
+                "resume_from": str(resume_from) if resume_from else None,
             },
             scaling_config=ScalingConfig(
                 num_workers=config.scaling.num_learner_workers,
@@ -115,7 +118,6 @@ def run_training(config, *, ray_address: str | None = None) -> RunSummary:
                 failure_config=FailureConfig(max_failures=2),
                 checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep_last),
             ),
-            resume_from_checkpoint=ray.train.Checkpoint(str(resume_from)) if resume_from else None,
         )
         result = trainer.fit()
         if result.error:

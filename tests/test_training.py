@@ -45,8 +45,9 @@ def short_run(toy_world, tmp_path_factory):
 def test_short_run_writes_everything(short_run):
     run_dir = Path(short_run.run_dir)
     history = read_metrics(run_dir / "metrics.jsonl")
-    assert [r["step"] for r in history] == [1, 2, 3]
-    first = history[0]
+    assert [r["step"] for r in history] == [0, 1, 2, 3]  # step 0: the initial policy's validation
+    assert "val/greedy_accuracy" in history[0]
+    first = history[1]
     for key in ("rollout/on_policy_reward", "rollout/mixed_reward", "rollout/entropy_mean", "rollout/entropy_p95",
                 "guidance/entropy_threshold", "guidance/alpha", "train/loss", "train/grad_norm",
                 "train/clip_high_fraction", "rollout/mixture_weight_mean", "time/rollout_seconds", "time/sync_seconds",
@@ -54,8 +55,8 @@ def test_short_run_writes_everything(short_run):
         assert key in first and math.isfinite(first[key]), key
     assert first["guidance/entropy_threshold"] == 0.5  # tau_init
     # tau for step 2 is the p95 quantile (floored) of step 1's on-policy entropies.
-    assert history[1]["guidance/entropy_threshold"] >= 0.3
-    assert "val/greedy_accuracy" in history[1] and "val/greedy_accuracy" in history[2]
+    assert history[2]["guidance/entropy_threshold"] >= 0.3
+    assert "val/greedy_accuracy" in history[2] and "val/greedy_accuracy" in history[3]
     for name in ("val_accuracy.png", "entropy.png", "response_length.png", "reward.png"):
         assert (run_dir / "plots" / name).stat().st_size > 1000
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
@@ -106,20 +107,33 @@ def test_resume_continues_the_same_run(short_run, tmp_path):
 def test_learner_worker_killed_mid_run_restarts_from_checkpoint(toy_world, tmp_path):
     import psutil
     import ray
-    from ray.util.state import list_actors
 
     config = _config(tmp_path, "logging.run_name=killed", "total_steps=5", "eval.every_steps=0")
     metrics_path = tmp_path / "killed" / "metrics.jsonl"
     killed = {}
 
+    def learner_worker_pids():
+        # Ray titles each worker process after its actor class: "ray::RayTrainWorker...".
+        own_session = {p.pid for p in psutil.Process().children(recursive=True)}
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if cmdline.startswith("ray::RayTrainWorker") and (process.info["pid"] in own_session or not own_session):
+                yield process.info["pid"]
+
     def kill_after_step_three():
         deadline = time.time() + 600
         while time.time() < deadline and not killed:
-            if metrics_path.exists() and any(r["step"] >= 3 for r in read_metrics(metrics_path)):
-                for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
-                    psutil.Process(actor.pid).send_signal(signal.SIGKILL)
-                    killed["pid"] = actor.pid
-                    return
+            try:
+                # Ray Train registers a reported checkpoint asynchronously; kill once it has.
+                snapshot = metrics_path.parent / "ray_train" / "checkpoint_manager_snapshot.json"
+                registered = snapshot.exists() and json.loads(snapshot.read_text())["checkpoint_results"]
+                if registered and any(r["step"] >= 3 for r in read_metrics(metrics_path)):
+                    for pid in learner_worker_pids():
+                        psutil.Process(pid).send_signal(signal.SIGKILL)
+                        killed["pid"] = pid
+                        return
+            except Exception as error:  # noqa: BLE001 - reported through the assert below
+                killed.setdefault("errors", []).append(repr(error))
             time.sleep(0.2)
 
     killer = threading.Thread(target=kill_after_step_three, daemon=True)
@@ -127,13 +141,13 @@ def test_learner_worker_killed_mid_run_restarts_from_checkpoint(toy_world, tmp_p
     summary = run_training(config)
     killer.join(timeout=5)
     ray.shutdown()
-    assert killed, "the learner worker was never killed"
+    assert "pid" in killed, f"the learner worker was never killed: {killed}"
     assert summary.steps == 5
     steps = [r["step"] for r in read_metrics(metrics_path)]
     assert steps == [1, 2, 3, 4, 5]
-    # Steps after the checkpoint at step 2 were run again by the restarted worker.
+    # The restarted worker resumed from a checkpoint: it repeated steps after it, never step 1.
     lines = [json.loads(line)["step"] for line in metrics_path.read_text().splitlines()]
-    assert len(lines) > 5 and lines.count(3) >= 2
+    assert len(lines) > 5 and lines.count(1) == 1
 
 
 def test_first_ppo_ratio_is_one(toy_world, local_ray):
