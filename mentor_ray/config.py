@@ -181,9 +181,11 @@ class ScalingConfig:
     gpus_per_engine: int = 1  # tensor-parallel size of one engine, on GPU
     cpus_per_engine: float = 1.0
     cpus_per_learner_worker: float = 1.0
-    # Logical CPUs for a local Ray instance; on 2 physical cores Ray needs more than it
-    # detects or actors sit PENDING (CPU_NOTES.md). None: leave Ray's detection alone.
-    local_num_cpus: int | None = 8
+    # Logical CPUs for a local Ray instance. On 2 physical cores Ray needs more than it
+    # detects, or actors sit PENDING (CPU_NOTES.md); Ray also keeps only about this many idle
+    # worker processes, and Ray Data stage tasks re-import torch in each one it has to start.
+    # None: leave Ray's detection alone.
+    local_num_cpus: int | None = 16
 
     def check(self, errors: list[str], prefix: str) -> None:
         for name in ("num_policy_engines", "num_learner_workers", "gpus_per_engine"):

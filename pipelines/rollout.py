@@ -14,17 +14,18 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import ray
+import torch
 
 from mentor_ray.core.advantages import mentor_advantages
-from mentor_ray.rollout.engines import PROMPT_TOO_LONG, SamplingSpec
-from pipelines.roles import RolloutRoles
+from mentor_ray.rollout.requests import PROMPT_TOO_LONG, SamplingSpec
 
-import torch
+if TYPE_CHECKING:
+    from pipelines.roles import RolloutRoles
 
 
 @dataclass(frozen=True)
@@ -169,18 +170,29 @@ def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRo
     if [item["prompt_index"] for item in items] != list(range(len(items))):
         raise ValueError("prompt_index must run 0..P-1 in order")
     source = ray.data.from_items(items)
+    # Stage tasks only forward batches to actors, so a few suffice; more would only start
+    # (and, between steps, reap) extra worker processes.
     stage_args = {"batch_size": plan.prompts_per_batch, "batch_format": "pandas", "num_cpus": 0.1}
     branches = [
-        source.map_batches(_generate_batch, fn_args=(roles.policy_engines, "on_policy", plan), **stage_args)
+        source.map_batches(
+            _generate_batch, fn_args=(roles.policy_engines, "on_policy", plan),
+            concurrency=2 * len(roles.policy_engines), **stage_args,
+        )
     ]
     if plan.n_mixed > 0:
         if not roles.mixed_engines:
             raise ValueError("n_mixed > 0 but the run has no mixed engines")
         branches.append(
-            source.map_batches(_generate_batch, fn_args=(roles.mixed_engines, "mixed", plan), **stage_args)
+            source.map_batches(
+                _generate_batch, fn_args=(roles.mixed_engines, "mixed", plan),
+                concurrency=2 * len(roles.mixed_engines), **stage_args,
+            )
         )
     samples = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
-    graded = samples.map_batches(_grade_batch, fn_args=(roles.reward_actors,), batch_format="pandas", num_cpus=0.1)
+    graded = samples.map_batches(
+        _grade_batch, fn_args=(roles.reward_actors,), batch_format="pandas", num_cpus=0.1,
+        concurrency=2 * len(roles.reward_actors),
+    )
     if plan.compute_advantages:
         # Groups are tiny (N1 + N2 rows): a few shuffle partitions, not Ray's default 200.
         partitions = max(1, min(8, len(items) // 16))

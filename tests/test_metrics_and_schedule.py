@@ -84,3 +84,23 @@ def test_prompt_schedule_is_a_function_of_seed_and_step():
     assert PromptSchedule(10, 3, 1, shuffle=False).indices_for_step(2) == [3, 4, 5]
     with pytest.raises(ValueError, match="exceeds"):
         PromptSchedule(2, 3, 0)
+
+
+def test_comparison_numbers():
+    from pipelines.compare import comparison
+
+    mentor = [
+        {"step": 0, "val/greedy_accuracy": 0.1},
+        {"step": 1, "rollout/mixed_samples": 4, "rollout/mixed_reward": 0.6, "rollout/on_policy_reward": 0.2, "rollout/entropy_mean": 0.5},
+        {"step": 2, "rollout/mixed_samples": 4, "rollout/mixed_reward": 0.4, "rollout/on_policy_reward": 0.4, "rollout/entropy_mean": 0.7, "val/greedy_accuracy": 0.3},
+        {"step": 3, "rollout/mixed_samples": 0, "rollout/on_policy_reward": 0.5, "rollout/entropy_mean": 0.9},
+    ]
+    grpo = [{"step": s, "rollout/entropy_mean": 0.1 * s} for s in (1, 2, 3)] + [{"step": 3, "val/greedy_accuracy": 0.2}]
+    numbers = comparison(mentor, grpo, decay_steps=3)
+    assert numbers["guided_steps"] == 2
+    assert numbers["mixed_reward_while_guided"] == pytest.approx(0.5)
+    assert numbers["on_policy_reward_while_guided"] == pytest.approx(0.3)
+    assert (numbers["initial_val_accuracy"], numbers["final_val_accuracy"]) == (0.1, 0.3)
+    assert numbers["end_of_guidance_step"] == 2
+    assert numbers["mentor_entropy_end_of_guidance"] == pytest.approx(0.6)  # steps 1-2 (window 3 ends at 2)
+    assert numbers["grpo_entropy_end_of_guidance"] == pytest.approx(0.15)

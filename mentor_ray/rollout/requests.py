@@ -1,0 +1,52 @@
+"""What goes into and comes out of an engine: plain dataclasses, no vLLM import.
+
+Ray Data stages and the learner handle these without paying vLLM's import in every worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROMPT_TOO_LONG = "prompt_too_long"
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How to sample: n samples per prompt, up to max_new_tokens each.
+
+    With a seed, prompt i's samples use seeds seed + i * n + j (j < n), so a call is
+    reproducible and identical prompts in one batch still get different samples.
+    """
+
+    n: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"SamplingSpec.n must be >= 1, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingSpec.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise ValueError(
+                f"SamplingSpec.temperature must be >= 0 (0 = greedy), got {self.temperature}"
+            )
+        if self.temperature == 0 and self.n != 1:
+            raise ValueError(f"greedy decoding (temperature 0) gives one answer: n must be 1, got {self.n}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingSpec.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class GenerationResult:
+    """One sampled response. `response_log_probs[k]` is the log-prob of `response_token_ids[k]`."""
+
+    prompt_index: int
+    sample_index: int
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    response_text: str
+    response_log_probs: list[float]
+    finish_reason: str  # "stop" (EOS / stop token), "length", or PROMPT_TOO_LONG
