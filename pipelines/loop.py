@@ -78,6 +78,7 @@ def _to_samples(rows: list[dict[str, Any]]) -> list[TrainingSample]:
             advantage=float(row["advantage"]),
             is_mixed=bool(row["is_mixed"]),
             group_id=int(row["prompt_index"]),
+            behaviour_log_probs=[float(v) for v in row["behaviour_log_probs"]],
         )
         for row in rows
     ]
@@ -169,6 +170,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         flat = [s for batch in local_batches for s in batch]
         old_log_probs, entropies = learner.compute_old_log_probs(flat)
         on_policy = [e for s, e in zip(flat, entropies) if not s.is_mixed]
+        # On-policy samples came from the engine holding the weights the learner holds now:
+        # their log-probs must agree, or the engines serve stale weights (a sync bug).
+        gaps = [
+            (lp - torch.tensor(s.behaviour_log_probs)).abs()
+            for s, lp in zip(flat, old_log_probs)
+            if not s.is_mixed and s.behaviour_log_probs and len(s.behaviour_log_probs) == len(lp)
+        ]
+        if gaps:
+            metrics["train/behaviour_log_prob_gap_max"] = float(torch.cat(gaps).max())
         # Exact global quantile over every rank's on-policy response tokens (MENTOR.md section 2).
         all_entropies = all_gather_variable_length(torch.cat(on_policy) if on_policy else torch.zeros(0))
         next_threshold = next_entropy_threshold(all_entropies, config.guidance.entropy_quantile, config.guidance.tau_floor)
