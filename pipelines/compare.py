@@ -51,18 +51,25 @@ def comparison(mentor: list[dict], grpo: list[dict], decay_steps: int) -> dict[s
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE)
+    parser.add_argument("--runs", nargs=2, type=Path, metavar=("MENTOR_RUN", "GRPO_RUN"),
+                        help="compare two finished run folders instead of training")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     config = load_config(args.config, list(args.overrides))
-    root = Path(config.logging.run_root) / f"compare-{stamp}"
-    runs = {}
-    for label, extra in (("mentor", []), ("grpo", ["rollout.n_mixed=0"])):
-        run_config = load_config(args.config, list(args.overrides) + extra + [f"logging.run_root={root}", f"logging.run_name={label}"])
-        runs[label] = Path(run_training(run_config).run_dir)
-        import ray
+    if args.runs:
+        runs = {"mentor": args.runs[0], "grpo": args.runs[1]}
+        root = args.runs[0].parent / f"compare-{stamp}"
+        config = load_config(args.runs[0] / "config.yaml")
+    else:
+        root = Path(config.logging.run_root) / f"compare-{stamp}"
+        runs = {}
+        for label, extra in (("mentor", []), ("grpo", ["rollout.n_mixed=0"])):
+            run_config = load_config(args.config, list(args.overrides) + extra + [f"logging.run_root={root}", f"logging.run_name={label}"])
+            runs[label] = Path(run_training(run_config).run_dir)
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
     plot_runs(runs, root / "plots")
     numbers = comparison(read_metrics(runs["mentor"] / "metrics.jsonl"), read_metrics(runs["grpo"] / "metrics.jsonl"), config.guidance.decay_steps)
     (root / "comparison.json").write_text(json.dumps({"seed": config.seed, **numbers}, indent=2))
