@@ -35,11 +35,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-for _key, _value in {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-}.items():
+from mentor_ray.rollout.requests import CPU_ENGINE_ENV  # noqa: E402 - no vLLM import
+
+for _key, _value in CPU_ENGINE_ENV.items():
     os.environ.setdefault(_key, _value)
 
 TARGET_MIXED_OVER_POLICY = 0.5

@@ -6,9 +6,11 @@ import os
 
 import pytest
 
-# Engines run in-process inside their actors on CPU (see mentor_ray/rollout/engines.py).
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+from mentor_ray.rollout.requests import CPU_ENGINE_ENV
+
+# Engines built in the test process itself get the same CPU settings as engine actors.
+for _key, _value in CPU_ENGINE_ENV.items():
+    os.environ.setdefault(_key, _value)
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 
-for _key, _value in {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-}.items():
+from mentor_ray.rollout.requests import CPU_ENGINE_ENV  # noqa: E402 - no vLLM import
+
+for _key, _value in CPU_ENGINE_ENV.items():
     os.environ.setdefault(_key, _value)
 
 import numpy as np

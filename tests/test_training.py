@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -152,7 +149,6 @@ def test_learner_worker_killed_mid_run_restarts_from_checkpoint(toy_world, tmp_p
 
 def test_first_ppo_ratio_is_one(toy_world, local_ray):
     """For freshly synced weights the learner's log-probs of sampled tokens equal the engine's."""
-    import ray
     from transformers import AutoTokenizer
 
     from mentor_ray.learner import PolicyLearner, TrainingSample

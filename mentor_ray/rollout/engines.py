@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import torch
 
-from mentor_ray.rollout.requests import PROMPT_TOO_LONG, GenerationResult, SamplingSpec
+from mentor_ray.rollout.requests import CPU_ENGINE_ENV, PROMPT_TOO_LONG, GenerationResult, SamplingSpec
 from mentor_ray.rollout.mixed_model import (
     DEFAULT_ENTROPY_THRESHOLD,
     mixed_engine_hf_overrides,
@@ -43,14 +43,6 @@ from mentor_ray.rollout.mixed_model import (
 
 WORKER_EXTENSION = "mentor_ray.rollout.mixed_model.MentorWorkerExtension"
 
-# Environment for an engine on CPU (see docs CPU_NOTES.md): engine in the calling process
-# (start ~3 s instead of ~23 s, and tensors can be handed over without serialisation),
-# 1 GiB of KV cache, no OpenMP thread pinning (the cores are shared with other work).
-CPU_ENGINE_ENV = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-}
 
 
 @dataclass(frozen=True)
