@@ -8,6 +8,7 @@ to the algorithm; everything MENTOR-specific is in `mentor_ray.core` and the rol
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -34,6 +35,8 @@ from pipelines.roles import RolloutRoles
 from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
 
 CLIENT_STATE_FILE = "loop_state.json"
+# Written by rank 0 when the loop stops on purpose (too many NaN updates); the driver reads it.
+STOP_FILE = "stopped.json"
 
 
 def _broadcast(value: Any) -> Any:
@@ -161,6 +164,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             rows_ref = [ray.put(rollout.rows)]
         rows = ray.get(_broadcast(rows_ref)[0])
         samples = _to_samples(rows)
+        if step in loop_config.get("nan_loss_at_steps", ()):
+            # Fault injection for tests: a NaN advantage makes every loss of this step NaN.
+            samples = [dataclasses.replace(s, advantage=float("nan")) for s in samples]
         if len({s.group_id for s in samples}) < mini_batch_count:
             raise RuntimeError(f"step {step}: too few prompts survived the rollout to fill {mini_batch_count} mini-batches")
 
@@ -190,10 +196,20 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["time/learn_seconds"] = time.perf_counter() - learn_started
         state["skipped_updates"] += int(update_metrics.get("train/skipped_updates", 0))
         if state["skipped_updates"] > config.max_skipped_updates:
-            raise RuntimeError(
+            # Every rank sees the same count (ZeRO's overflow check is global), so all stop here,
+            # before a sync, a checkpoint or an export. Returning, not raising: Ray Train would
+            # retry a raised error from the last checkpoint and meet the same NaN again.
+            reason = (
                 f"step {step}: {state['skipped_updates']} updates skipped for a NaN/inf loss or grad norm "
-                f"(max_skipped_updates={config.max_skipped_updates}); stopping before a poisoned checkpoint"
+                f"(max_skipped_updates={config.max_skipped_updates}); stopped without saving this step"
             )
+            if is_chief:
+                for sink in sinks:
+                    sink.log(step, metrics)
+                    sink.close()
+                (run_dir / STOP_FILE).write_text(json.dumps({"step": step, "reason": reason}))
+                print(reason, flush=True)
+            return
 
         # 4. Weight sync: learner -> engines, in place.
         sync_started = time.perf_counter()

@@ -26,6 +26,12 @@ class RunSummary:
     seconds: float
     final_model: str
     metrics: dict[str, float]
+    # Why the loop stopped before total_steps (None for a finished run).
+    stopped: str | None = None
+
+
+class RunStopped(RuntimeError):
+    """The loop stopped itself (too many NaN updates); the run folder keeps everything up to then."""
 
 
 def _preflight(config, ray_module) -> None:
@@ -58,7 +64,11 @@ def find_checkpoint(path: str) -> Path:
     return candidates[-1].parent
 
 
-def run_training(config, *, ray_address: str | None = None) -> RunSummary:
+def run_training(config, *, ray_address: str | None = None, nan_loss_at_steps: tuple[int, ...] = ()) -> RunSummary:
+    """Runs the loop to the end; raises RunStopped if it stopped itself, ConfigError before any work.
+
+    nan_loss_at_steps: fault injection for tests (those steps' losses are made NaN).
+    """
     import ray
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -69,7 +79,7 @@ def run_training(config, *, ray_address: str | None = None) -> RunSummary:
     from mentor_ray.metrics import read_metrics
     from mentor_ray.plots import plot_runs
     from mentor_ray.run_inputs import load_tokenized_problems, make_run_dir, resolve_run_paths
-    from pipelines.loop import train_loop_per_worker
+    from pipelines.loop import STOP_FILE, train_loop_per_worker
     from pipelines.roles import build_rollout_roles
 
     started = time.perf_counter()
@@ -106,6 +116,7 @@ def run_training(config, *, ray_address: str | None = None) -> RunSummary:
                 # Ray Train's own checkpoint wins after a worker restart; this is the user's
                 # resume point for a new run (TorchTrainer's resume argument is deprecated in V2).
                 "resume_from": str(resume_from) if resume_from else None,
+                "nan_loss_at_steps": tuple(nan_loss_at_steps),
             },
             scaling_config=ScalingConfig(
                 num_workers=config.scaling.num_learner_workers,
@@ -128,11 +139,16 @@ def run_training(config, *, ray_address: str | None = None) -> RunSummary:
     history = read_metrics(run_dir / "metrics.jsonl")
     plot_runs({run_dir.name: run_dir}, run_dir / "plots")
     last = history[-1] if history else {}
+    stop_file = run_dir / STOP_FILE
+    stopped = json.loads(stop_file.read_text())["reason"] if stop_file.exists() else None
     summary = RunSummary(
         run_dir=str(run_dir), steps=int(last.get("step", 0)), seconds=time.perf_counter() - started,
-        final_model=str(run_dir / "final_model"), metrics={**data_counts, **{k: v for k, v in last.items() if k != "step"}},
+        final_model=str(run_dir / "final_model") if stopped is None else "", stopped=stopped,
+        metrics={**data_counts, **{k: v for k, v in last.items() if k != "step"}},
     )
     (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    if stopped is not None:
+        raise RunStopped(f"{stopped}; run folder {run_dir}")
     return summary
 
 
@@ -152,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RunStopped as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        return 1
     m = summary.metrics
     print(
         f"done: {summary.steps} steps in {summary.seconds / 60:.1f} min | final val greedy accuracy "

@@ -21,8 +21,15 @@ from mentor_ray.toy_world.build import (
     default_cache_root,
     make_datasets,
 )
-from mentor_ray.toy_world.evaluate import is_correct, is_well_formatted, last_boxed
-from mentor_ray.toy_world.task import generate_problems
+from mentor_ray.toy_world.evaluate import (
+    is_correct,
+    is_well_formatted,
+    last_boxed,
+    sampled_habits,
+    stops_early,
+    swapped_steps,
+)
+from mentor_ray.toy_world.task import generate_problems, stop_one_step_early, swap_operands
 from mentor_ray.toy_world.tokenizer import (
     MARKER_TOKENS,
     TOY_SYSTEM_PROMPT,
@@ -100,7 +107,7 @@ def test_answers_and_worked_steps_are_correct(difficulty):
         assert is_well_formatted(p["solution"]) and is_correct(p["solution"], p["answer"])
 
 
-def test_multiply_weight_under_represents_multiplication():
+def test_multiply_weight_sets_the_share_of_multiplication():
     def multiply_share(weight: float) -> float:
         problems = generate_problems(2000, seed=3, op_weights={"+": 1, "-": 1, "*": weight})
         return sum("*" in p["problem"] for p in problems) / len(problems)
@@ -108,6 +115,55 @@ def test_multiply_weight_under_represents_multiplication():
     # Fixed seed; with equal weights ~2/3 of 2-3 operation problems contain "*", at 0.15 ~1/6.
     assert multiply_share(1.0) > 0.5
     assert multiply_share(0.15) < 0.25
+
+
+def test_stop_one_step_early_boxes_the_previous_result():
+    assert stop_one_step_early("<think>4*2=8;8+8=16;16-1=15</think> \\boxed{15}") == "<think>4*2=8;8+8=16</think> \\boxed{16}"
+    assert stop_one_step_early("<think>9*4=36</think> \\boxed{36}") == "<think>9*4=36</think> \\boxed{36}"
+    with pytest.raises(ValueError, match="not a toy solution"):
+        stop_one_step_early("\\boxed{3}")
+    for p in generate_problems(200, seed=4, difficulty=(2, 3)):
+        early = stop_one_step_early(p["solution"])
+        assert stops_early(early, p["problem"]) and not stops_early(p["solution"], p["problem"])
+        assert is_well_formatted(early)
+    assert stops_early("\\boxed{3}", "Compute 1+2")
+
+
+def test_swap_operands_keeps_every_step_true_and_swaps_at_the_rate():
+    import random
+
+    problems = generate_problems(1000, seed=8, difficulty=(1, 3))
+    assert all(swap_operands(p["solution"], random.Random(0), 0.0) == p["solution"] for p in problems)
+    rng = random.Random(1)
+    swapped = commutative = 0
+    for p in problems:
+        original = p["solution"].removeprefix("<think>").split("</think>")[0].split(";")
+        result = swap_operands(p["solution"], rng, 0.5)
+        assert is_correct(result, p["answer"]) and is_well_formatted(result)
+        steps = result.removeprefix("<think>").split("</think>")[0].split(";")
+        for before, after in zip(original, steps, strict=True):
+            left, right = after.split("=")
+            assert _evaluate_expression(left) == int(right), after
+            if "-" in before or max(map(len, re.split(r"[+*\-]", before.split("=")[0]))) > 1:
+                assert after == before  # a-b has no other order; 12+3 is left as it is
+            elif len(set(operands := re.split(r"[+*]", before.split("=")[0]))) == 2 and max(map(len, operands)) == 1:
+                commutative += 1
+                swapped += after != before
+    # Fixed seed; ~1,100 one-digit steps with distinct operands: 0.5 +- 0.05 is > 3 sigma.
+    assert swapped / commutative == pytest.approx(0.5, abs=0.05)
+
+
+def test_only_the_policy_sft_data_stops_early():
+    recipe = ToyWorldRecipe(sft_problems=3000, train_problems=100, eval_problems=100)
+    data = make_datasets(recipe)
+
+    def early_share(name):
+        multi_step = [p for p in data[name] if re.search(r"[+\-*].*[+\-*]", p["problem"].removeprefix("Compute "))]
+        return sum(stops_early(p["solution"], p["problem"]) for p in multi_step) / len(multi_step)
+
+    assert early_share("sft_expert") == 0.0
+    # Fixed seed; ~1,900 multi-step draws at rate 0.5: +-0.05 is over 4 standard deviations.
+    assert early_share("sft_policy") == pytest.approx(recipe.policy.early_stop_rate, abs=0.05)
 
 
 def test_bad_generator_input_is_named():
@@ -245,15 +301,43 @@ def toy_world():
 
 def test_build_meets_accuracy_targets(toy_world):
     expert, policy = toy_world.report["expert"], toy_world.report["policy"]
-    assert expert["greedy_accuracy"] >= 0.8
+    assert expert["greedy_accuracy"] >= 0.6
     assert expert["greedy_format_rate"] >= 0.95
     assert 0.05 <= policy["greedy_accuracy"] <= 0.35
     # GRPO needs signal: some sampled responses must be right, and the format must be reliable.
-    assert policy["sampled_accuracy"] >= 0.05
+    assert policy["sampled_accuracy"] >= 0.1
     assert policy["greedy_format_rate"] >= 0.9 and policy["sampled_format_rate"] >= 0.8
-    # The gap sits where the expert is strong: problems that need the multiplication table.
-    assert policy["greedy_accuracy_with_multiply"] < policy["greedy_accuracy_without_multiply"]
-    assert expert["greedy_accuracy_with_multiply"] - policy["greedy_accuracy_with_multiply"] >= 0.5
+    assert expert["sampled_accuracy"] - policy["sampled_accuracy"] >= 0.25
+    # The gap is a decision, not missing knowledge: the policy often boxes an answer one step
+    # early (an uncertain fork where guidance helps), while its finished working is mostly right.
+    assert 0.3 <= policy["sampled_early_stop_rate"] <= 0.7
+    assert expert["greedy_early_stop_rate"] <= 0.02
+    assert policy["greedy_accuracy_when_finished"] >= 0.6
+
+
+def test_built_models_have_the_designed_habits(toy_world):
+    """Sampled, the policy stops early about half the time and the expert never does; the
+    expert swaps one-digit operands far more often than the policy (the style guidance adds)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    problems = [json.loads(line) for line in toy_world.eval_path.read_text().splitlines()][:64]
+    habits = {
+        name: sampled_habits(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), problems, seed=1)
+        for name, folder in (("policy", toy_world.policy_dir), ("expert", toy_world.expert_dir))
+    }
+    # Fixed seed, 256 responses each (~250 one-digit steps): bands are several sigma wide.
+    assert 0.3 <= habits["policy"].early_stop_rate <= 0.7
+    assert habits["expert"].early_stop_rate <= 0.02
+    assert 0.05 <= habits["policy"].swapped_share <= 0.35
+    assert 0.2 <= habits["expert"].swapped_share <= 0.7
+    assert habits["expert"].swapped_share - habits["policy"].swapped_share >= 0.1
+
+
+def test_swapped_steps_counts_only_one_digit_commutative_steps():
+    assert swapped_steps("<think>2*4=8;8+8=16;16-1=15</think> \\boxed{15}", "Compute 4*2+8-1") == (1, 1)
+    assert swapped_steps("<think>7+4=11;11+7=18;18-1=17</think> \\boxed{17}", "Compute 7+4+7-1") == (0, 1)
+    assert swapped_steps("<think>4+7=11</think> \\boxed{11}", "Compute 7+4+7-1") == (1, 1)
+    assert swapped_steps("\\boxed{3}", "Compute 1+2") == (0, 0)
 
 
 def test_build_folders_load_and_share_the_tokenizer(toy_world):

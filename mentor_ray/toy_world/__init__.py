@@ -2,7 +2,7 @@
 
 A verifiable arithmetic task (``task``), a character-level tokenizer with a chat template
 (``tokenizer``), and two tiny Qwen2 models trained by SFT (``build``): an expert that solves
-the task and a weaker policy whose gap is the multiplication table. ``build_toy_world()``
+the task in a varied style, and a weaker policy that often boxes an answer one step early. ``build_toy_world()``
 returns the cached folders; ``python -m mentor_ray.toy_world`` builds them from the shell.
 """
 

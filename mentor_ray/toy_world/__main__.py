@@ -1,4 +1,9 @@
-"""``python -m mentor_ray.toy_world [--seed N] [--force] [--cache-root DIR]``: build or show the toy world."""
+"""``python -m mentor_ray.toy_world [--seed N] [--force] [--cache-root DIR] [--habits MODEL_DIR ...]``
+
+Builds (or shows) the toy world; with ``--habits``, also samples each model folder (the toy
+policy, the expert, a run's ``final_model``) on the eval problems and prints its habits:
+accuracy, how often it stops a step early, and how often it swaps operands.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cache-root", default=None, help=f"cache folder (default $MENTOR_RAY_CACHE or {default_cache_root()})"
     )
+    parser.add_argument("--habits", nargs="+", default=[], metavar="MODEL_DIR", help="model folders to sample and describe")
     args = parser.parse_args(argv)
     world = build_toy_world(cache_root=args.cache_root, seed=args.seed, force=args.force)
+    if args.habits:
+        print_habits(args.habits, world.eval_path)
+        return
     summary = {name: {k: v for k, v in world.report[name].items()} for name in ("expert", "policy")}
     print(json.dumps({"root": str(world.root), "build_seconds": world.report["build_seconds"], **summary}, indent=2))
+
+
+def print_habits(model_dirs: list[str], eval_path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mentor_ray.toy_world.evaluate import sampled_habits
+
+    problems = [json.loads(line) for line in open(eval_path)]
+    print(f"{'model':<60} {'accuracy':>8} {'stops early':>11} {'swapped':>8} {'responses':>9}")
+    for folder in model_dirs:
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        habits = sampled_habits(model, AutoTokenizer.from_pretrained(folder), problems)
+        print(f"{folder:<60} {habits.accuracy:>8.3f} {habits.early_stop_rate:>11.3f} {habits.swapped_share:>8.3f} {habits.responses:>9}")
 
 
 if __name__ == "__main__":

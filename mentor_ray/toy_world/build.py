@@ -9,9 +9,17 @@ world at once; the second one waits and then reads the finished cache.
 Models: ``Qwen2ForCausalLM`` (vLLM serves Qwen2), float32, head_dim 32 (vLLM's CPU attention
 supports 32/64/80/...), ``tie_word_embeddings=True`` like the small Qwen2.5 models, so the CPU
 run exercises the same tied-head weight sync as a real 0.5B-3B policy (sync ``lm_head.weight``
-too, see docs/CPU_NOTES.md). The expert is larger and trained on data where "+", "-", "*" are
-equally common; the policy is smaller, trained for fewer steps on data where "*" is rare, so
-its weak spot is the multiplication table: exactly where expert guidance helps.
+too, see docs/CPU_NOTES.md).
+
+The two models differ the way MENTOR assumes a policy and an expert differ:
+- the policy is smaller and half of its multi-step SFT solutions box the answer one step early,
+  so at the last step boundary it hesitates between finishing and stopping: a high-entropy
+  fork that decides the reward. Its finished working is mostly right, so RL has signal
+  (sampled accuracy ~0.3) and a clear ceiling (~0.8) to climb towards;
+- the expert never stops early, and it writes ``a+b`` / ``a*b`` steps in either operand order
+  (half and half), where the policy mostly keeps the written order (one in five swapped). Both
+  orders are right, so guidance at those moderately uncertain tokens shows the policy correct
+  alternatives it rarely samples itself: the diversity on-policy RL does not add.
 """
 
 from __future__ import annotations
@@ -21,16 +29,17 @@ import fcntl
 import hashlib
 import json
 import os
+import random
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mentor_ray.toy_world.task import generate_problems
+from mentor_ray.toy_world.task import generate_problems, stop_one_step_early, swap_operands
 from mentor_ray.toy_world.tokenizer import TOY_SYSTEM_PROMPT
 
-TOY_WORLD_VERSION = "toy-world-v2"
+TOY_WORLD_VERSION = "toy-world-v4"
 DEFAULT_CACHE_ROOT = Path("~/.cache/mentor-ray/toy-world")
 CACHE_ENV_VAR = "MENTOR_RAY_CACHE"
 REPORT_FILE = "report.json"
@@ -55,6 +64,10 @@ class ModelRecipe:
     batch_size: int
     # Relative frequency of "*" in this model's SFT data ("+" and "-" have weight 1).
     multiply_weight: float
+    # Share of this model's multi-step SFT solutions that box an answer one step early.
+    early_stop_rate: float = 0.0
+    # Share of "+" and "*" steps in its SFT data written with the operands swapped (pure style).
+    swap_rate: float = 0.0
 
     @property
     def head_dim(self) -> int:
@@ -78,12 +91,14 @@ class ToyWorldRecipe:
         default_factory=lambda: ModelRecipe(
             hidden_size=96, num_layers=3, num_attention_heads=3, num_key_value_heads=1,
             intermediate_size=384, sft_steps=1600, learning_rate=5e-3, batch_size=64, multiply_weight=1.0,
+            swap_rate=0.5,
         )
     )
     policy: ModelRecipe = field(
         default_factory=lambda: ModelRecipe(
-            hidden_size=64, num_layers=2, num_attention_heads=2, num_key_value_heads=1,
-            intermediate_size=192, sft_steps=525, learning_rate=3e-3, batch_size=64, multiply_weight=0.15,
+            hidden_size=64, num_layers=3, num_attention_heads=2, num_key_value_heads=1,
+            intermediate_size=192, sft_steps=1500, learning_rate=3e-3, batch_size=64, multiply_weight=1.0,
+            early_stop_rate=0.5, swap_rate=0.2,
         )
     )
 
@@ -192,7 +207,15 @@ def make_datasets(recipe: ToyWorldRecipe) -> dict[str, list[dict]]:
             recipe.sft_problems, base + offset, recipe.sft_difficulty,
             op_weights={"+": 1.0, "-": 1.0, "*": model.multiply_weight}, id_prefix=f"toy-sft-{name}",
         )
-        sft_sets[name] = [p for p in candidates if p["problem"] not in held_out]
+        swap_rng, truncation_rng = random.Random(base + 20 + offset), random.Random(base + 10 + offset)
+        sft_sets[name] = []
+        for p in candidates:
+            if p["problem"] in held_out:
+                continue
+            solution = swap_operands(p["solution"], swap_rng, model.swap_rate)
+            if truncation_rng.random() < model.early_stop_rate:
+                solution = stop_one_step_early(solution)
+            sft_sets[name].append({**p, "solution": solution})
     return {"train": train_set, "eval": eval_set, "sft_expert": sft_sets["expert"], "sft_policy": sft_sets["policy"]}
 
 
@@ -232,8 +255,9 @@ def _build_with_torch(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], N
     for name in ("expert", "policy"):
         r = report[name]
         log(
-            f"[toy-world] {name}: greedy acc {r['greedy_accuracy']:.3f} (with '*' {r['greedy_accuracy_with_multiply']:.3f}, "
-            f"without {r['greedy_accuracy_without_multiply']:.3f}), sampled@T=1 acc {r['sampled_accuracy']:.3f}, "
+            f"[toy-world] {name}: greedy acc {r['greedy_accuracy']:.3f} (stops early {r['greedy_early_stop_rate']:.3f}, "
+            f"acc when finished {r['greedy_accuracy_when_finished'] or 0.0:.3f}), sampled@T=1 acc {r['sampled_accuracy']:.3f} "
+            f"(stops early {r['sampled_early_stop_rate']:.3f}), "
             f"format greedy {r['greedy_format_rate']:.3f} / sampled {r['sampled_format_rate']:.3f}"
         )
     log(f"[toy-world] built in {report['build_seconds']:.0f}s: {root}")
@@ -249,7 +273,7 @@ def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tok
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from mentor_ray.toy_world.evaluate import generate_responses, score_responses
+    from mentor_ray.toy_world.evaluate import generate_responses, score_responses, stops_early
     from mentor_ray.toy_world.sft import SFTConfig, train_sft
 
     started = time.perf_counter()
@@ -285,13 +309,13 @@ def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tok
     problems = [p["problem"] for p in eval_set]
     answers = [p["answer"] for p in eval_set]
     greedy_responses = generate_responses(model, tokenizer, problems, temperature=0.0)
-    sampled = score_responses(generate_responses(model, tokenizer, problems, temperature=1.0, seed=seed), answers)
-    greedy = score_responses(greedy_responses, answers)
+    sampled_responses = generate_responses(model, tokenizer, problems, temperature=1.0, seed=seed)
+    greedy, sampled = score_responses(greedy_responses, answers), score_responses(sampled_responses, answers)
 
-    def greedy_accuracy_where(needs_multiply: bool) -> float | None:
-        subset = [(r, p["answer"]) for r, p in zip(greedy_responses, eval_set) if ("*" in p["problem"]) == needs_multiply]
-        return score_responses(*zip(*subset)).accuracy if subset else None
+    def early_stop_rate(responses: list[str]) -> float:
+        return sum(stops_early(r, p) for r, p in zip(responses, problems)) / len(problems)
 
+    finished = [(r, a) for r, a, p in zip(greedy_responses, answers, problems) if not stops_early(r, p)]
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "sft_problems": len(sft_data),
@@ -301,7 +325,9 @@ def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tok
         "greedy_format_rate": greedy.format_rate,
         "sampled_accuracy": sampled.accuracy,
         "sampled_format_rate": sampled.format_rate,
-        "greedy_accuracy_with_multiply": greedy_accuracy_where(True),
-        "greedy_accuracy_without_multiply": greedy_accuracy_where(False),
+        # The policy's designed weakness, and what it could reach without it.
+        "greedy_early_stop_rate": early_stop_rate(greedy_responses),
+        "sampled_early_stop_rate": early_stop_rate(sampled_responses),
+        "greedy_accuracy_when_finished": score_responses(*zip(*finished)).accuracy if finished else None,
         "eval_seconds": round(time.perf_counter() - started - train_seconds, 1),
     }

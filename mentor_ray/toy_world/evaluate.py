@@ -17,6 +17,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from mentor_ray.toy_world.tokenizer import chat_prompt
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+_OPERATORS = re.compile(r"[+\-*]")
 _FORMAT = re.compile(r"^\s*<think>.+?</think>.*\\boxed\{[^{}]*\}\s*$", re.DOTALL)
 
 
@@ -28,6 +30,36 @@ def last_boxed(text: str) -> str | None:
 
 def is_correct(response: str, answer: str) -> bool:
     return last_boxed(response) == str(answer).strip()
+
+
+def stops_early(response: str, problem: str) -> bool:
+    """True when the working has fewer ``a?b=c`` steps than the problem has operations.
+
+    The toy policy's bad habit (boxing an answer before the working is done); a response with
+    no ``<think>`` block at all counts as stopping early too.
+    """
+    working = _THINK.search(response)
+    steps = len(working.group(1).split(";")) if working and working.group(1) else 0
+    return steps < len(_OPERATORS.findall(problem.removeprefix("Compute ")))
+
+
+def swapped_steps(response: str, problem: str) -> tuple[int, int]:
+    """(steps written ``b+a`` / ``b*a``, steps that could be) over the one-digit ``+`` / ``*``
+    steps of the problem's intended working that the response reproduces in either order."""
+    from mentor_ray.toy_world.task import evaluate_stepwise
+
+    tokens = re.findall(r"\d+|[+\-*]", problem.removeprefix("Compute "))
+    intended = evaluate_stepwise([int(t) for t in tokens[::2]], tokens[1::2])
+    working = _THINK.search(response)
+    written = working.group(1).split(";") if working else []
+    swapped = eligible = 0
+    for step, wrote in zip(intended.steps if intended else (), written):
+        match = re.fullmatch(r"(\d)([+*])(\d)=(\d+)", step)
+        if match and match.group(1) != match.group(3):
+            left, operator, right, result = match.groups()
+            eligible += 1
+            swapped += wrote == f"{right}{operator}{left}={result}"
+    return swapped, eligible
 
 
 def is_well_formatted(response: str) -> bool:
@@ -94,6 +126,31 @@ def score_responses(responses: Sequence[str], answers: Sequence[str]) -> Scores:
     correct = sum(is_correct(r, a) for r, a in zip(responses, answers))
     formatted = sum(is_well_formatted(r) for r in responses)
     return Scores(accuracy=correct / len(responses), format_rate=formatted / len(responses), count=len(responses))
+
+
+@dataclass(frozen=True)
+class Habits:
+    """How a model solves the toy task when sampled (temperature 1): what RL and guidance change."""
+
+    accuracy: float
+    early_stop_rate: float
+    swapped_share: float
+    responses: int
+
+
+def sampled_habits(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: Sequence[dict], samples_per_problem: int = 4, seed: int = 0
+) -> Habits:
+    texts = [p["problem"] for p in problems for _ in range(samples_per_problem)]
+    answers = [p["answer"] for p in problems for _ in range(samples_per_problem)]
+    responses = generate_responses(model, tokenizer, texts, temperature=1.0, seed=seed)
+    swap_counts = [swapped_steps(r, t) for r, t in zip(responses, texts)]
+    return Habits(
+        accuracy=score_responses(responses, answers).accuracy,
+        early_stop_rate=sum(stops_early(r, t) for r, t in zip(responses, texts)) / len(texts),
+        swapped_share=sum(s for s, _ in swap_counts) / max(1, sum(e for _, e in swap_counts)),
+        responses=len(texts),
+    )
 
 
 def evaluate_model(

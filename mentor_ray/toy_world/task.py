@@ -6,9 +6,10 @@ binary operation at a time, multiplications first, then left to right::
     <think>5*3=15;7+15=22;22-2=20</think> \\boxed{20}
 
 Why this task: every answer is checkable exactly, a response is 20-50 characters (so a
-character-level model keeps RL on CPU cheap), and it mixes separable skills (copying,
-precedence, addition/subtraction with carries, the multiplication table) so a policy can be
-made weak in exactly one of them (``op_weights``) while an expert is strong in all.
+character-level model keeps RL on CPU cheap), and the models' SFT data can be given habits
+that RL should change or keep: stopping one step early (``stop_one_step_early``, a wrong
+decision at one uncertain token) and writing ``b+a`` for ``a+b`` (``swap_operands``, a
+free choice of style where diversity is worth keeping).
 
 Constraints that keep it learnable by a tiny model: operands are 1-9, a ``*`` never chains
 (each product is single digit times single digit), and every intermediate value stays in
@@ -18,6 +19,7 @@ Constraints that keep it learnable by a tiny model: operands are 1-9, a ``*`` ne
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,6 +30,7 @@ PROBLEM_PREFIX = "Compute "
 # Bounded retries per problem: with the default weights a draw is accepted ~60% of the time,
 # so this only trips on degenerate op_weights (e.g. only "-" with many steps).
 _MAX_DRAWS_PER_PROBLEM = 10_000
+_SOLUTION = re.compile(r"<think>(.+)</think> \\boxed\{(-?\d+)\}")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,47 @@ def evaluate_stepwise(operands: list[int], operators: list[str]) -> WorkedExpres
 def format_solution(steps: tuple[str, ...], answer: int) -> str:
     """The intended response: the working inside <think>, then the boxed answer."""
     return f"<think>{';'.join(steps)}</think> \\boxed{{{answer}}}"
+
+
+def swap_operands(solution: str, rng: random.Random, rate: float) -> str:
+    """The working with each one-digit ``a+b`` / ``a*b`` step written ``b+a`` / ``b*a`` with probability ``rate``.
+
+    Both orders are correct, so this is pure style: the first character of every such step is a
+    fork with more than one right answer. A diverse expert (rate 0.5) and a policy that only
+    sometimes swaps (its entropy there is moderate) let guidance keep an alternative alive that
+    on-policy RL, which only reinforces what the policy already samples, lets fade.
+    """
+    match = _SOLUTION.fullmatch(solution)
+    if match is None:
+        raise ValueError(f"not a toy solution: {solution!r}")
+    steps = []
+    for step in match.group(1).split(";"):
+        # Single-digit operands only: their facts are the same table read either way, so a
+        # swap changes the style and not the arithmetic a tiny model has to know.
+        operation = re.fullmatch(r"(\d)([+*])(\d)=(\d+)", step)
+        if operation and rng.random() < rate:
+            left, operator, right, result = operation.groups()
+            step = f"{right}{operator}{left}={result}"
+        steps.append(step)
+    return format_solution(tuple(steps), int(match.group(2)))
+
+
+def stop_one_step_early(solution: str) -> str:
+    """The same working with its last step dropped and the previous result boxed as the answer.
+
+    This is the toy policy's bad habit: answering before the working is done. Its decision is
+    one token (``;`` to go on, ``</think>`` to stop) at the last step boundary: the uncertain
+    fork where expert guidance and RL both have something to teach. A one-step solution is
+    returned unchanged (there is no earlier result to box).
+    """
+    match = _SOLUTION.fullmatch(solution)
+    if match is None:
+        raise ValueError(f"not a toy solution: {solution!r}")
+    steps = match.group(1).split(";")
+    if len(steps) < 2:
+        return solution
+    kept = tuple(steps[:-1])
+    return format_solution(kept, int(kept[-1].rsplit("=", 1)[1]))
 
 
 def _difficulty_range(difficulty: int | tuple[int, int]) -> tuple[int, int]:
@@ -115,7 +159,7 @@ def generate_problems(
 
     difficulty: number of operations per problem, an int or an inclusive (min, max) range.
     op_weights: relative frequency of "+", "-", "*" (default equal). A small "*" weight makes
-    data that under-represents multiplication (how the toy policy is kept weak at it).
+    data that under-represents multiplication.
     ``answer`` is the value as a string; ``solution`` is the full intended response text.
     """
     if not isinstance(n, int) or n < 0:
