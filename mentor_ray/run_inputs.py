@@ -51,7 +51,8 @@ def _resolve(path: str | None, toy_paths: dict[str, str], key: str) -> str | Non
 
 
 def make_run_dir(config: MentorConfig) -> Path:
-    name = config.logging.run_name or time.strftime("mentor-%Y%m%d-%H%M%S")
+    algorithm = "mentor" if config.rollout.n_mixed > 0 else "grpo"
+    name = config.logging.run_name or time.strftime(f"{algorithm}-%Y%m%d-%H%M%S")
     run_dir = Path(config.logging.run_root).expanduser().resolve() / name
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,15 @@ def find_checkpoint(path: str) -> Path:
     return candidates[-1].parent
 
 
+def quiet_state_api_warnings() -> None:
+    """Worker setup hook for the dashboard-less local instance: Ray Train's placement-group
+    cleaner polls the state API, which lives in the dashboard, and warns on every poll (over a
+    hundred lines per run, burying the one console line per step). Only that logger is quieted."""
+    import logging
+
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
 def run_training(config, *, ray_address: str | None = None, nan_loss_at_steps: tuple[int, ...] = ()) -> RunSummary:
     """Runs the loop to the end; raises RunStopped if it stopped itself, ConfigError before any work.
 
@@ -101,7 +110,11 @@ def run_training(config, *, ray_address: str | None = None, nan_loss_at_steps: t
         if address:
             ray.init(address=address)
         else:
-            ray.init(num_cpus=config.scaling.local_num_cpus, include_dashboard=False)
+            ray.init(
+                num_cpus=config.scaling.local_num_cpus,
+                include_dashboard=False,
+                runtime_env={"worker_process_setup_hook": "pipelines.train.quiet_state_api_warnings"},
+            )
     _preflight(config, ray)
     roles = build_rollout_roles(config, paths.policy_dir, paths.expert_dir)
     try:

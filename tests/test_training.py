@@ -277,3 +277,11 @@ def test_mentor_lifts_the_toy_policy(toy_world, tmp_path):
     mixed = sum(r["rollout/mixed_reward"] for r in guided) / len(guided)
     on_policy = sum(r["rollout/on_policy_reward"] for r in guided) / len(guided)
     assert mixed >= on_policy + 0.1, (mixed, on_policy)
+
+
+def test_unnamed_run_folders_say_which_algorithm(tmp_path):
+    from mentor_ray.run_inputs import make_run_dir
+
+    assert make_run_dir(_config(tmp_path)).name.startswith("mentor-")
+    assert make_run_dir(_config(tmp_path, "rollout.n_mixed=0")).name.startswith("grpo-")
+    assert make_run_dir(_config(tmp_path, "logging.run_name=mine")).name == "mine"
