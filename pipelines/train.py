@@ -116,6 +116,8 @@ def run_training(config, *, ray_address: str | None = None, nan_loss_at_steps: t
                 runtime_env={"worker_process_setup_hook": "pipelines.train.quiet_state_api_warnings"},
             )
     _preflight(config, ray)
+    # A reused run folder may hold an earlier run's stop marker; only this run's may count.
+    (run_dir / STOP_FILE).unlink(missing_ok=True)
     roles = build_rollout_roles(config, paths.policy_dir, paths.expert_dir)
     try:
         trainer = TorchTrainer(
