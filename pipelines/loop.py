@@ -134,6 +134,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"step 0/{config.total_steps} | initial policy val {initial.get('val/greedy_accuracy', float('nan')):.3f}", flush=True)
     run_started = time.perf_counter() - state["elapsed_seconds"]
     first_step = state["step"] + 1
+    stop_reason: str | None = None
     for step in range(first_step, config.total_steps + 1):
         step_started = time.perf_counter()
         alpha = guidance_alpha(step, config.guidance.alpha_0, config.guidance.decay_steps)
@@ -197,19 +198,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         state["skipped_updates"] += int(update_metrics.get("train/skipped_updates", 0))
         if state["skipped_updates"] > config.max_skipped_updates:
             # Every rank sees the same count (ZeRO's overflow check is global), so all stop here,
-            # before a sync, a checkpoint or an export. Returning, not raising: Ray Train would
+            # before a sync, a checkpoint or an export. Ending the loop, not raising: Ray Train would
             # retry a raised error from the last checkpoint and meet the same NaN again.
-            reason = (
+            stop_reason = (
                 f"step {step}: {state['skipped_updates']} updates skipped for a NaN/inf loss or grad norm "
                 f"(max_skipped_updates={config.max_skipped_updates}); stopped without saving this step"
             )
-            if is_chief:
-                for sink in sinks:
-                    sink.log(step, metrics)
-                    sink.close()
-                (run_dir / STOP_FILE).write_text(json.dumps({"step": step, "reason": reason}))
-                print(reason, flush=True)
-            return
+            for sink in sinks:
+                sink.log(step, metrics)
+            break
 
         # 4. Weight sync: learner -> engines, in place.
         sync_started = time.perf_counter()
@@ -247,6 +244,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(metrics)
 
-    learner.save_hf(run_dir / "final_model")
+    if stop_reason is None:
+        learner.save_hf(run_dir / "final_model")
+    elif is_chief:
+        (run_dir / STOP_FILE).write_text(json.dumps({"reason": stop_reason}))
+        print(stop_reason, flush=True)
     for sink in sinks:
         sink.close()

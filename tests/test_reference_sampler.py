@@ -193,28 +193,23 @@ def speculative_three_tokens(policy, expert) -> SpeculativeMixedSamples:
     )
 
 
+def _assert_fits_mixture_and_not_either_model(counts, policy, expert, prompt, max_total_variation):
+    """First-token counts fit pi_mix after `prompt`, and (power) reject the policy alone and the
+    expert alone."""
+    target = _next_token_log_probs(policy, expert, prompt, ENTROPY_THRESHOLD)[0].exp().double().numpy()
+    assert _chisquare_p(counts, target) > ACCEPT_P
+    assert _total_variation(counts, target) < max_total_variation
+    for tau in (None, 0.0):
+        wrong = _next_token_log_probs(policy, expert, prompt, tau)[0].exp().double().numpy()
+        assert _chisquare_p(counts, wrong) < POWER_P
+
+
 def test_speculative_first_token_matches_exact_mixture(
     policy, expert, speculative_three_tokens
 ):
     counts = _histogram(speculative_three_tokens.token_ids[:, 0])
-    target = (
-        _next_token_log_probs(policy, expert, _prompt(1), ENTROPY_THRESHOLD)[0]
-        .exp()
-        .double()
-        .numpy()
-    )
-    assert _chisquare_p(counts, target) > ACCEPT_P
     # 16,000 samples over 16 cells: sampling noise alone gives TV ~0.01; 0.03 is ~3x that.
-    assert _total_variation(counts, target) < 0.03
-    # Power: the same samples clearly reject either model alone.
-    for tau in (None, 0.0):
-        wrong = (
-            _next_token_log_probs(policy, expert, _prompt(1), tau)[0]
-            .exp()
-            .double()
-            .numpy()
-        )
-        assert _chisquare_p(counts, wrong) < POWER_P
+    _assert_fits_mixture_and_not_either_model(counts, policy, expert, _prompt(1), max_total_variation=0.03)
 
 
 def test_speculative_joint_of_three_tokens_matches_exact_mixture(
@@ -259,20 +254,8 @@ def test_speculative_third_token_given_prefix_matches_exact_mixture(
         num_draft_tokens=4,
     )
     counts = _histogram(samples.token_ids[:, 0])
-    target = (
-        _next_token_log_probs(policy, expert, prompt, ENTROPY_THRESHOLD)[0]
-        .exp()
-        .double()
-        .numpy()
-    )
-    assert _chisquare_p(counts, target) > ACCEPT_P
     # 8,000 samples: noise TV ~0.015; bound ~3x.
-    assert _total_variation(counts, target) < 0.045
-    for tau in (None, 0.0):
-        wrong = (
-            _next_token_log_probs(policy, expert, prompt, tau)[0].exp().double().numpy()
-        )
-        assert _chisquare_p(counts, wrong) < POWER_P
+    _assert_fits_mixture_and_not_either_model(counts, policy, expert, prompt, max_total_variation=0.045)
 
 
 def test_speculative_draft_statistics_are_consistent(speculative_three_tokens):

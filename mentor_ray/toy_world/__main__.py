@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from mentor_ray.toy_world.build import build_toy_world, default_cache_root
 
@@ -35,7 +36,7 @@ def print_habits(model_dirs: list[str], eval_path) -> None:
 
     from mentor_ray.toy_world.evaluate import sampled_habits
 
-    problems = [json.loads(line) for line in open(eval_path)]
+    problems = [json.loads(line) for line in Path(eval_path).read_text().splitlines()]
     print(f"{'model':<60} {'accuracy':>8} {'stops early':>11} {'swapped':>8} {'responses':>9}")
     for folder in model_dirs:
         model = AutoModelForCausalLM.from_pretrained(folder)

@@ -273,7 +273,7 @@ def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tok
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
-    from mentor_ray.toy_world.evaluate import generate_responses, score_responses, stops_early
+    from mentor_ray.toy_world.evaluate import early_stop_rate, generate_responses, score_responses, stops_early
     from mentor_ray.toy_world.sft import SFTConfig, train_sft
 
     started = time.perf_counter()
@@ -312,9 +312,6 @@ def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tok
     sampled_responses = generate_responses(model, tokenizer, problems, temperature=1.0, seed=seed)
     greedy, sampled = score_responses(greedy_responses, answers), score_responses(sampled_responses, answers)
 
-    def early_stop_rate(responses: list[str]) -> float:
-        return sum(stops_early(r, p) for r, p in zip(responses, problems)) / len(problems)
-
     finished = [(r, a) for r, a, p in zip(greedy_responses, answers, problems) if not stops_early(r, p)]
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -326,8 +323,8 @@ def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tok
         "sampled_accuracy": sampled.accuracy,
         "sampled_format_rate": sampled.format_rate,
         # The policy's designed weakness, and what it could reach without it.
-        "greedy_early_stop_rate": early_stop_rate(greedy_responses),
-        "sampled_early_stop_rate": early_stop_rate(sampled_responses),
+        "greedy_early_stop_rate": 1.0 - len(finished) / len(problems),
+        "sampled_early_stop_rate": early_stop_rate(sampled_responses, problems),
         "greedy_accuracy_when_finished": score_responses(*zip(*finished)).accuracy if finished else None,
         "eval_seconds": round(time.perf_counter() - started - train_seconds, 1),
     }

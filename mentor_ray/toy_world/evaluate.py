@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mentor_ray.toy_world.task import ONE_DIGIT_COMMUTATIVE_STEP, PROBLEM_PREFIX, evaluate_stepwise, swapped
 from mentor_ray.toy_world.tokenizer import chat_prompt
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -32,34 +33,36 @@ def is_correct(response: str, answer: str) -> bool:
     return last_boxed(response) == str(answer).strip()
 
 
+def _written_steps(response: str) -> list[str]:
+    working = _THINK.search(response)
+    return working.group(1).split(";") if working and working.group(1) else []
+
+
 def stops_early(response: str, problem: str) -> bool:
     """True when the working has fewer ``a?b=c`` steps than the problem has operations.
 
     The toy policy's bad habit (boxing an answer before the working is done); a response with
     no ``<think>`` block at all counts as stopping early too.
     """
-    working = _THINK.search(response)
-    steps = len(working.group(1).split(";")) if working and working.group(1) else 0
-    return steps < len(_OPERATORS.findall(problem.removeprefix("Compute ")))
+    return len(_written_steps(response)) < len(_OPERATORS.findall(problem.removeprefix(PROBLEM_PREFIX)))
+
+
+def early_stop_rate(responses: Sequence[str], problems: Sequence[str]) -> float:
+    return sum(stops_early(r, p) for r, p in zip(responses, problems, strict=True)) / len(problems)
 
 
 def swapped_steps(response: str, problem: str) -> tuple[int, int]:
     """(steps written ``b+a`` / ``b*a``, steps that could be) over the one-digit ``+`` / ``*``
     steps of the problem's intended working that the response reproduces in either order."""
-    from mentor_ray.toy_world.task import evaluate_stepwise
-
-    tokens = re.findall(r"\d+|[+\-*]", problem.removeprefix("Compute "))
+    tokens = re.findall(r"\d+|[+\-*]", problem.removeprefix(PROBLEM_PREFIX))
     intended = evaluate_stepwise([int(t) for t in tokens[::2]], tokens[1::2])
-    working = _THINK.search(response)
-    written = working.group(1).split(";") if working else []
-    swapped = eligible = 0
-    for step, wrote in zip(intended.steps if intended else (), written):
-        match = re.fullmatch(r"(\d)([+*])(\d)=(\d+)", step)
-        if match and match.group(1) != match.group(3):
-            left, operator, right, result = match.groups()
+    swapped_count = eligible = 0
+    for step, wrote in zip(intended.steps if intended else (), _written_steps(response)):
+        operation = ONE_DIGIT_COMMUTATIVE_STEP.fullmatch(step)
+        if operation and operation.group(1) != operation.group(3):
             eligible += 1
-            swapped += wrote == f"{right}{operator}{left}={result}"
-    return swapped, eligible
+            swapped_count += wrote == swapped(operation)
+    return swapped_count, eligible
 
 
 def is_well_formatted(response: str) -> bool:
@@ -147,7 +150,7 @@ def sampled_habits(
     swap_counts = [swapped_steps(r, t) for r, t in zip(responses, texts)]
     return Habits(
         accuracy=score_responses(responses, answers).accuracy,
-        early_stop_rate=sum(stops_early(r, t) for r, t in zip(responses, texts)) / len(texts),
+        early_stop_rate=early_stop_rate(responses, texts),
         swapped_share=sum(s for s, _ in swap_counts) / max(1, sum(e for _, e in swap_counts)),
         responses=len(texts),
     )

@@ -31,6 +31,9 @@ PROBLEM_PREFIX = "Compute "
 # so this only trips on degenerate op_weights (e.g. only "-" with many steps).
 _MAX_DRAWS_PER_PROBLEM = 10_000
 _SOLUTION = re.compile(r"<think>(.+)</think> \\boxed\{(-?\d+)\}")
+# Single-digit operands only: their facts are the same table read either way, so a swap
+# changes the style and not the arithmetic a tiny model has to know.
+ONE_DIGIT_COMMUTATIVE_STEP = re.compile(r"(\d)([+*])(\d)=(\d+)")
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,19 @@ def format_solution(steps: tuple[str, ...], answer: int) -> str:
     return f"<think>{';'.join(steps)}</think> \\boxed{{{answer}}}"
 
 
+def _parse_solution(solution: str) -> tuple[list[str], int]:
+    match = _SOLUTION.fullmatch(solution)
+    if match is None:
+        raise ValueError(f"not a toy solution: {solution!r}")
+    return match.group(1).split(";"), int(match.group(2))
+
+
+def swapped(operation: re.Match) -> str:
+    """``b?a=c`` for a match of ONE_DIGIT_COMMUTATIVE_STEP on ``a?b=c``."""
+    left, operator, right, result = operation.groups()
+    return f"{right}{operator}{left}={result}"
+
+
 def swap_operands(solution: str, rng: random.Random, rate: float) -> str:
     """The working with each one-digit ``a+b`` / ``a*b`` step written ``b+a`` / ``b*a`` with probability ``rate``.
 
@@ -82,19 +98,14 @@ def swap_operands(solution: str, rng: random.Random, rate: float) -> str:
     sometimes swaps (its entropy there is moderate) let guidance keep an alternative alive that
     on-policy RL, which only reinforces what the policy already samples, lets fade.
     """
-    match = _SOLUTION.fullmatch(solution)
-    if match is None:
-        raise ValueError(f"not a toy solution: {solution!r}")
-    steps = []
-    for step in match.group(1).split(";"):
-        # Single-digit operands only: their facts are the same table read either way, so a
-        # swap changes the style and not the arithmetic a tiny model has to know.
-        operation = re.fullmatch(r"(\d)([+*])(\d)=(\d+)", step)
+    steps, answer = _parse_solution(solution)
+    written = []
+    for step in steps:
+        operation = ONE_DIGIT_COMMUTATIVE_STEP.fullmatch(step)
         if operation and rng.random() < rate:
-            left, operator, right, result = operation.groups()
-            step = f"{right}{operator}{left}={result}"
-        steps.append(step)
-    return format_solution(tuple(steps), int(match.group(2)))
+            step = swapped(operation)
+        written.append(step)
+    return format_solution(tuple(written), answer)
 
 
 def stop_one_step_early(solution: str) -> str:
@@ -105,10 +116,7 @@ def stop_one_step_early(solution: str) -> str:
     fork where expert guidance and RL both have something to teach. A one-step solution is
     returned unchanged (there is no earlier result to box).
     """
-    match = _SOLUTION.fullmatch(solution)
-    if match is None:
-        raise ValueError(f"not a toy solution: {solution!r}")
-    steps = match.group(1).split(";")
+    steps, _ = _parse_solution(solution)
     if len(steps) < 2:
         return solution
     kept = tuple(steps[:-1])
