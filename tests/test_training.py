@@ -285,3 +285,17 @@ def test_unnamed_run_folders_say_which_algorithm(tmp_path):
     assert make_run_dir(_config(tmp_path)).name.startswith("mentor-")
     assert make_run_dir(_config(tmp_path, "rollout.n_mixed=0")).name.startswith("grpo-")
     assert make_run_dir(_config(tmp_path, "logging.run_name=mine")).name == "mine"
+
+
+def test_a_reused_run_folder_forgets_an_old_stop(toy_world, tmp_path):
+    import ray
+
+    from pipelines.loop import STOP_FILE
+
+    (tmp_path / "reused").mkdir()
+    (tmp_path / "reused" / STOP_FILE).write_text(json.dumps({"reason": "step 9: an earlier run's NaN stop"}))
+    try:
+        summary = run_training(_config(tmp_path, "logging.run_name=reused", "total_steps=1", "eval.every_steps=0"))
+    finally:
+        ray.shutdown()
+    assert summary.stopped is None and summary.steps == 1
