@@ -281,6 +281,11 @@ class MentorConfig:
     # Updates skipped for a NaN loss or grad norm before the run stops.
     max_skipped_updates: int = 3
 
+    @property
+    def guided(self) -> bool:
+        """Whether the run makes mixed-policy (expert-guided) rollouts: MENTOR, not plain GRPO."""
+        return self.rollout.n_mixed > 0
+
     def check(self, errors: list[str], prefix: str = "") -> None:
         for section in dataclasses.fields(self):
             value = getattr(self, section.name)
@@ -291,10 +296,10 @@ class MentorConfig:
         if self.max_skipped_updates < 0:
             _problem(errors, "max_skipped_updates", self.max_skipped_updates, "must be >= 0")
         # Cross-section rules: a config that cannot run.
-        if self.rollout.n_mixed > 0 and not self.model.expert_path:
+        if self.guided and not self.model.expert_path:
             _problem(errors, "rollout.n_mixed", self.rollout.n_mixed,
                      "needs model.expert_path (mixed-policy samples come from the expert); set rollout.n_mixed=0 for the GRPO baseline")
-        if self.rollout.n_mixed > 0 and self.scaling.num_mixed_engines < 1:
+        if self.guided and self.scaling.num_mixed_engines < 1:
             _problem(errors, "scaling.num_mixed_engines", self.scaling.num_mixed_engines,
                      "must be >= 1 when rollout.n_mixed > 0")
         if self.rollout.prompts_per_step % self.optimizer.mini_batch_prompts != 0:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -65,6 +66,16 @@ _TOKENIZER_FILES = (
     "chat_template.json",
     "generation_config.json",
 )
+
+
+@dataclass
+class LearnResult:
+    """What one step's learning gives back: metrics, and per local sample (in the flat order of
+    the mini-batches) the old log-probs and the policy entropy at each response token."""
+
+    metrics: dict[str, float]
+    old_log_probs: list[torch.Tensor]
+    entropies: list[torch.Tensor]
 
 
 @dataclass
@@ -446,16 +457,39 @@ class PolicyLearner:
 
     # --- PPO update ----------------------------------------------------------------------------
 
+    def learn(self, local_mini_batches: Sequence[Sequence[TrainingSample]]) -> LearnResult:
+        """One RL step's learning: old log-probs, then PPO over the mini-batches.
+
+        The first global mini-batch's old log-probs are the current policy's, so they come from
+        its own first training forward pass (detached): the separate no-grad pass runs only
+        over the later mini-batches, whose old log-probs must predate the first optimizer step.
+        With one mini-batch per step (TRL's default) there is no separate pass at all.
+        """
+        started = time.perf_counter()
+        first, later = list(local_mini_batches[0]), [s for mb in local_mini_batches[1:] for s in mb]
+        later_log_probs, later_entropies = self.compute_old_log_probs(later)
+        old_log_probs: list[torch.Tensor | None] = [None] * len(first) + list(later_log_probs)
+        entropies: list[torch.Tensor | None] = [None] * len(first) + list(later_entropies)
+        old_pass_seconds = time.perf_counter() - started
+        metrics = self.update(local_mini_batches, old_log_probs, entropies)
+        metrics["time/old_log_prob_seconds"] = old_pass_seconds
+        metrics["time/update_seconds"] = time.perf_counter() - started - old_pass_seconds
+        return LearnResult(metrics, old_log_probs, entropies)
+
     def update(
         self,
         local_mini_batches: Sequence[Sequence[TrainingSample]],
-        old_log_probs: Sequence[torch.Tensor | Sequence[float]],
+        old_log_probs: list[torch.Tensor | Sequence[float] | None],
+        entropies: list[torch.Tensor | None] | None = None,
     ) -> dict[str, float]:
         """PPO epochs over this rank's mini-batches; one optimizer step per global mini-batch.
 
         `local_mini_batches` is what `shard_for_rank` returned; `old_log_probs` is flat, one entry
         per sample of `[s for mb in local_mini_batches for s in mb]` (the order
-        `compute_old_log_probs` returns them in for that flat list).
+        `compute_old_log_probs` returns them in for that flat list). An entry may be None for a
+        sample of the first mini-batch: its old log-probs are then taken, detached, from its
+        first training forward pass, and written into `old_log_probs` (and its entropies into
+        `entropies`, when given) in place.
 
         Gradient scale: DeepSpeed averages gradients over the data-parallel ranks (divides the
         sum by world_size), and with `scale_wrt_gas=False` does not divide by the accumulation
@@ -484,10 +518,18 @@ class PolicyLearner:
         clip_sums: dict[str, float] = {}
         steps = skipped = empty = 0
         self.engine.train()
-        for _epoch in range(self.config.optimizer.ppo_epochs):
-            for mini_batch, offset in zip(local_mini_batches, offsets):
+        for epoch in range(self.config.optimizer.ppo_epochs):
+            for index, (mini_batch, offset) in enumerate(zip(local_mini_batches, offsets)):
                 mini_old = list(old_log_probs[offset : offset + len(mini_batch)])
-                result = self._update_mini_batch(list(mini_batch), mini_old)
+                if any(old is None for old in mini_old) and (epoch, index) != (0, 0):
+                    raise ValueError("old log-probs may be left to the update only in the first mini-batch of the first epoch")
+                mini_entropies = [None] * len(mini_batch)
+                result = self._update_mini_batch(list(mini_batch), mini_old, mini_entropies)
+                old_log_probs[offset : offset + len(mini_batch)] = mini_old
+                if entropies is not None:
+                    for position, entropy in enumerate(mini_entropies):
+                        if entropies[offset + position] is None:
+                            entropies[offset + position] = entropy
                 if result is None:
                     empty += 1
                     continue
@@ -520,16 +562,17 @@ class PolicyLearner:
         return metrics
 
     def _update_mini_batch(
-        self, mini_batch: list[TrainingSample], mini_old: list[Any]
+        self, mini_batch: list[TrainingSample], mini_old: list[Any], mini_entropies: list[Any]
     ) -> tuple[dict[str, float], bool, float] | None:
         """Forward/backward every micro-batch of one global mini-batch, then one optimizer step.
 
+        None entries of `mini_old` are filled with this forward pass's own (detached)
+        log-probs, and `mini_entropies` with its per-sample entropies.
         Returns (global sums for metrics, whether the step was applied, grad norm), or None
         when the global mini-batch has no response tokens (no step on any rank).
         """
         size = self.config.optimizer.micro_batch_samples
         micro_batches = _chunks(mini_batch, size)
-        micro_old = _chunks(mini_old, size)
         local_tokens = sum(len(s.response_token_ids) for s in mini_batch)
         (global_tokens,) = self._all_reduce([float(local_tokens)])
         (passes,) = self._all_reduce([float(len(micro_batches))], dist.ReduceOp.MAX)
@@ -544,11 +587,18 @@ class PolicyLearner:
             if index < len(micro_batches):
                 batch = collate(micro_batches[index], self.pad_token_id)
                 log_probs, entropy = self._forward(batch, entropy_grad)
+                first = index * size
+                own_log_probs = split_response_values(log_probs.detach().float().cpu(), micro_batches[index])
+                own_entropies = split_response_values(entropy.detach().float().cpu(), micro_batches[index])
+                for position, (own_lp, own_entropy) in enumerate(zip(own_log_probs, own_entropies)):
+                    if mini_old[first + position] is None:
+                        mini_old[first + position] = own_lp
+                    mini_entropies[first + position] = own_entropy
                 width = log_probs.shape[1]
                 mask = batch["response_mask"].to(log_probs.device)
                 inputs = PolicyLossInputs(
                     log_probs=log_probs,
-                    old_log_probs=align_to_response(micro_old[index], micro_batches[index], width).to(log_probs.device),
+                    old_log_probs=align_to_response(mini_old[first : first + size], micro_batches[index], width).to(log_probs.device),
                     advantages=batch["advantages"].to(log_probs.device),
                     response_mask=mask,
                     entropy=entropy,

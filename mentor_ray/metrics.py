@@ -68,6 +68,51 @@ def mixture_metrics(summary: dict[str, float]) -> dict[str, float]:
     }
 
 
+def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals: time in which at least one was running."""
+    total, covered_until = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end <= covered_until:
+            continue
+        total += end - max(start, covered_until)
+        covered_until = end
+    return total
+
+
+def rollout_time_metrics(rollout_seconds: float, busy: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    """Where the rollout's wall time went: inside engine calls, inside grading calls, and the
+    rest (Ray Data start-up, stage hops, transfers), from the roles' busy intervals."""
+    engines, graders = busy.get("engines", []), busy.get("graders", [])
+    working = busy_seconds(engines + graders)
+    return {
+        "time/engine_busy_seconds": busy_seconds(engines),
+        "time/grading_busy_seconds": busy_seconds(graders),
+        "time/rollout_work_seconds": working,
+        "time/rollout_overhead_seconds": max(0.0, rollout_seconds - working),
+    }
+
+
+# Parts of a step that are work; the rest of the step's wall time is orchestration.
+_WORK_SECONDS = (
+    "time/rollout_work_seconds",
+    "time/old_log_prob_seconds",
+    "time/update_seconds",
+    "time/export_seconds",
+    "sync/engine_load_seconds_max",
+    "time/validate_seconds",
+)
+
+
+def orchestration_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Step wall time outside engine calls, grading, learner compute and weight loading."""
+    step = metrics.get("time/step_seconds", 0.0)
+    orchestration = max(0.0, step - sum(metrics.get(key, 0.0) for key in _WORK_SECONDS))
+    return {
+        "time/orchestration_seconds": orchestration,
+        "time/orchestration_share": orchestration / step if step > 0 else 0.0,
+    }
+
+
 class MetricSink(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
 

@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import re
 import resource
 import signal
 import time
@@ -198,6 +199,23 @@ def grade_accuracy(response: str, reference: str) -> tuple[float, str]:
         return 0.0, "error"
     matched = verify(gold, predicted, timeout_seconds=None)
     return (1.0 if matched else 0.0), "ok"
+
+
+# A plain integer, at most 64 digits: what most toy and many MATH/GSM8K answers are.
+_PLAIN_INTEGER = re.compile(r"[+-]?\d{1,64}")
+
+
+def grade_plain_integers(response: str, reference: str) -> tuple[float, str] | None:
+    """`grade_accuracy`'s verdict without math-verify when it is certain: the response has no
+    boxed answer, or both its boxed answer and the reference are plain integers (equal as
+    integers, as math-verify also judges them). None otherwise. Linear time, bounded input."""
+    answer = extract_last_boxed(response)
+    if answer is None or not answer.strip():
+        return 0.0, "no_answer"
+    answer, gold = answer.strip(), reference.strip()
+    if _PLAIN_INTEGER.fullmatch(answer) and _PLAIN_INTEGER.fullmatch(gold):
+        return (1.0 if int(answer) == int(gold) else 0.0), "ok"
+    return None
 
 
 def accuracy_reward(response: str, reference: str) -> float:
@@ -506,9 +524,21 @@ class RewardGrader:
         format_scores = [format_reward(response) for response in responses]
         accuracy: list[tuple[float, str, float] | None] = [None] * len(responses)
         stats = GradingStats()
-        if responses:
+        # The default grader's certain cases (no answer, integer vs integer) need no process
+        # round trip; only the rest go to math-verify in the worker processes.
+        remaining = list(range(len(responses)))
+        if self.grading_function == DEFAULT_GRADING_FUNCTION:
+            remaining = []
+            for index, (response, reference) in enumerate(zip(responses, references)):
+                started = time.monotonic()
+                verdict = grade_plain_integers(response, reference)
+                if verdict is None:
+                    remaining.append(index)
+                else:
+                    accuracy[index] = (*verdict, time.monotonic() - started)
+        if remaining:
             self._ensure_pool()
-            self._run_accuracy(responses, references, accuracy, stats)
+            self._run_accuracy(responses, references, accuracy, stats, remaining)
         parts: list[RewardParts] = []
         for format_score, outcome in zip(format_scores, accuracy):
             assert outcome is not None
@@ -523,8 +553,9 @@ class RewardGrader:
         references: list[str],
         accuracy: list[tuple[float, str, float] | None],
         stats: GradingStats,
+        indices: list[int],
     ) -> None:
-        pending = deque(range(len(responses)))
+        pending = deque(indices)
 
         def finish(worker: _Worker, score: float, status: str, note: str = "") -> None:
             index = worker.task_index

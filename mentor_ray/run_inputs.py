@@ -7,6 +7,8 @@ unwritable run folder is a clear error here, not a crash minutes into a run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import os
 import time
 from dataclasses import dataclass
@@ -51,7 +53,7 @@ def _resolve(path: str | None, toy_paths: dict[str, str], key: str) -> str | Non
 
 
 def make_run_dir(config: MentorConfig) -> Path:
-    algorithm = "mentor" if config.rollout.n_mixed > 0 else "grpo"
+    algorithm = "mentor" if config.guided else "grpo"
     name = config.logging.run_name or time.strftime(f"{algorithm}-%Y%m%d-%H%M%S")
     run_dir = Path(config.logging.run_root).expanduser().resolve() / name
     try:
@@ -80,7 +82,7 @@ def resolve_run_paths(config: MentorConfig, run_dir: Path) -> RunPaths:
         if system_prompt is None and config.data.train_path.startswith(TOY_SCHEME):
             system_prompt = TOY_SYSTEM_PROMPT
     policy_dir = _resolve(config.model.policy_path, toy_paths, "model.policy_path")
-    expert_dir = _resolve(config.model.expert_path, toy_paths, "model.expert_path") if config.rollout.n_mixed > 0 else None
+    expert_dir = _resolve(config.model.expert_path, toy_paths, "model.expert_path") if config.guided else None
     for key, folder in (("model.policy_path", policy_dir), ("model.expert_path", expert_dir)):
         if folder is not None and not (Path(folder) / "config.json").is_file():
             raise ConfigError(f"{key}={folder!r}: not a model folder (no config.json there)")
@@ -100,9 +102,13 @@ def resolve_run_paths(config: MentorConfig, run_dir: Path) -> RunPaths:
 
 
 def load_tokenized_problems(
-    path: str, config: MentorConfig, tokenizer, system_prompt: str, label: str, limit: int | None = None
+    path: str, config: MentorConfig, tokenizer, system_prompt: str, label: str, limit: int | None = None,
+    say: Callable[[str], None] = print,
 ) -> tuple[list[TokenizedProblem], dict[str, int]]:
-    """Load, validate, render through the chat template, tokenize and length-filter a dataset."""
+    """Load, validate, render through the chat template, tokenize and length-filter a dataset.
+
+    say: where the counts of skipped rows are told (the run's console).
+    """
     report = load_problems(
         path,
         problem_field=config.data.problem_field,
@@ -122,9 +128,9 @@ def load_tokenized_problems(
     counts = {f"data/{label}_problems": len(tokenized), f"data/{label}_malformed_skipped": report.skipped, f"data/{label}_too_long_skipped": too_long}
     if report.skipped:
         examples = "; ".join(f"row {row}: {reason}" for row, reason in report.skipped_examples)
-        print(f"[data] {label}: skipped {report.skipped} malformed rows in {path} (first: {examples})")
+        say(f"[data] {label}: skipped {report.skipped} malformed rows in {path} (first: {examples})")
     if too_long:
-        print(f"[data] {label}: skipped {too_long} prompts longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
+        say(f"[data] {label}: skipped {too_long} prompts longer than data.max_prompt_tokens={config.data.max_prompt_tokens}")
     if not tokenized:
         raise ConfigError(f"{label} set {path}: no usable problems after skipping malformed and over-long rows")
     return tokenized, counts

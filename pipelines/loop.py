@@ -27,9 +27,17 @@ import torch.distributed as dist
 from mentor_ray.config import MentorConfig, config_from_dict
 from mentor_ray.core.guidance import guidance_alpha, next_entropy_threshold
 from mentor_ray.learner import PolicyLearner, TrainingSample, all_gather_variable_length, shard_for_rank
-from mentor_ray.metrics import build_sinks, entropy_metrics, mixture_metrics, rollout_metrics
+from mentor_ray.metrics import (
+    build_sinks,
+    entropy_metrics,
+    mixture_metrics,
+    orchestration_metrics,
+    rollout_metrics,
+    rollout_time_metrics,
+)
 from mentor_ray.prompt_schedule import PromptSchedule
 from mentor_ray.run_inputs import RunPaths, TokenizedProblem
+from pipelines.console import ConsoleLines
 from pipelines.evaluation import evaluate_policy
 from pipelines.roles import RolloutRoles
 from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
@@ -73,6 +81,14 @@ def _console_line(step: int, total: int, metrics: dict[str, float], step_seconds
     )
 
 
+def rollout_batch_prompts(config: MentorConfig) -> int:
+    """Prompts per Ray Data batch: each engine gets two batches a step, as large as they can
+    be (a tiny model's decoding step costs nearly the same for 64 or 256 sequences), yet two,
+    so that one batch is graded while the engine generates the other."""
+    engines = max(config.scaling.num_policy_engines, config.scaling.num_mixed_engines if config.guided else 0)
+    return max(1, math.ceil(config.rollout.prompts_per_step / (2 * engines)))
+
+
 def _to_samples(rows: list[dict[str, Any]]) -> list[TrainingSample]:
     return [
         TrainingSample(
@@ -97,6 +113,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     is_chief = rank == 0
     _seed_everything(config.seed + rank)
+    console: ConsoleLines = loop_config.get("console") or ConsoleLines(None)
 
     # One console line per step says where the run is; per-operator bars from inside a
     # worker arrive as interleaved log lines and bury it.
@@ -104,6 +121,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     learner = PolicyLearner(paths.policy_dir, config, world_size, rank)
     schedule = PromptSchedule(len(train_problems), config.rollout.prompts_per_step, config.seed, config.data.shuffle)
     mini_batch_count = config.rollout.prompts_per_step // config.optimizer.mini_batch_prompts
+    prompts_per_batch = rollout_batch_prompts(config)
 
     state = {"step": 0, "entropy_threshold": config.guidance.tau_init, "skipped_updates": 0, "elapsed_seconds": 0.0}
     checkpoint = ray.train.get_checkpoint()
@@ -115,7 +133,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # DeepSpeed returns its own bookkeeping beside ours; keep only the loop's keys.
         state.update({key: loaded[key] for key in state if key in loaded})
     if is_chief and checkpoint is not None:
-        print(f"resuming at step {state['step']} from {checkpoint.path}", flush=True)
+        console.say(f"resuming at step {state['step']} from {checkpoint.path}")
     # After a resume or a worker restart the engines may hold weights from later steps than
     # the checkpoint: every (re)start publishes the learner's weights first.
     weights = learner.export_weights()
@@ -131,7 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         initial = evaluate_policy(eval_problems, config, roles, 0, weights_version)
         for sink in sinks:
             sink.log(0, initial)
-        print(f"step 0/{config.total_steps} | initial policy val {initial.get('val/greedy_accuracy', float('nan')):.3f}", flush=True)
+        console.say(f"step 0/{config.total_steps} | initial policy val {initial.get('val/greedy_accuracy', float('nan')):.3f}")
     run_started = time.perf_counter() - state["elapsed_seconds"]
     first_step = state["step"] + 1
     stop_reason: str | None = None
@@ -152,9 +170,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 step=step, seed=config.seed, n_on_policy=config.rollout.n_on_policy, n_mixed=n_mixed,
                 max_new_tokens=config.rollout.max_response_tokens, temperature=config.rollout.temperature,
                 top_p=config.rollout.top_p, entropy_threshold=state["entropy_threshold"], alpha=alpha,
-                weights_version=weights_version,
+                weights_version=weights_version, prompts_per_batch=prompts_per_batch,
             )
             rollout = run_rollout(prompts, plan, roles)
+            metrics.update(rollout_time_metrics(rollout.seconds, roles.busy_intervals()))
             metrics.update(rollout_metrics(rollout.rows))
             metrics.update(mixture_metrics(rollout.mixture))
             metrics["rollout/dropped_prompts"] = float(rollout.dropped_prompts)
@@ -171,30 +190,30 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if len({s.group_id for s in samples}) < mini_batch_count:
             raise RuntimeError(f"step {step}: too few prompts survived the rollout to fill {mini_batch_count} mini-batches")
 
-        # 2. Old log-probs and entropies for this rank's shard; tau for the next step.
+        # 2. Old log-probs, entropies and the PPO update on this rank's shard.
         learn_started = time.perf_counter()
         local_batches = shard_for_rank(samples, rank, world_size, mini_batch_count)
         flat = [s for batch in local_batches for s in batch]
-        old_log_probs, entropies = learner.compute_old_log_probs(flat)
-        on_policy = [e for s, e in zip(flat, entropies) if not s.is_mixed]
-        # On-policy samples came from the engine holding the weights the learner holds now:
-        # their log-probs must agree, or the engines serve stale weights (a sync bug).
+        learned = learner.learn(local_batches)
+        update_metrics = learned.metrics
+        metrics.update(update_metrics)
+        metrics["time/learn_seconds"] = time.perf_counter() - learn_started
+
+        # 3. tau for the next step: the exact global quantile over every rank's on-policy
+        # response-token entropies (MENTOR.md section 2), from the pre-update policy.
+        on_policy = [e for s, e in zip(flat, learned.entropies) if not s.is_mixed]
+        all_entropies = all_gather_variable_length(torch.cat(on_policy) if on_policy else torch.zeros(0))
+        next_threshold = next_entropy_threshold(all_entropies, config.guidance.entropy_quantile, config.guidance.tau_floor)
+        metrics.update(entropy_metrics(all_entropies))
+        # On-policy samples came from the engine holding the weights the learner held before
+        # the update: their log-probs must agree, or the engines serve stale weights (a sync bug).
         gaps = [
             (lp - torch.tensor(s.behaviour_log_probs)).abs()
-            for s, lp in zip(flat, old_log_probs)
+            for s, lp in zip(flat, learned.old_log_probs)
             if not s.is_mixed and s.behaviour_log_probs and len(s.behaviour_log_probs) == len(lp)
         ]
         if gaps:
             metrics["train/behaviour_log_prob_gap_max"] = float(torch.cat(gaps).max())
-        # Exact global quantile over every rank's on-policy response tokens (MENTOR.md section 2).
-        all_entropies = all_gather_variable_length(torch.cat(on_policy) if on_policy else torch.zeros(0))
-        next_threshold = next_entropy_threshold(all_entropies, config.guidance.entropy_quantile, config.guidance.tau_floor)
-        metrics.update(entropy_metrics(all_entropies))
-
-        # 3. PPO update.
-        update_metrics = learner.update(local_batches, old_log_probs)
-        metrics.update(update_metrics)
-        metrics["time/learn_seconds"] = time.perf_counter() - learn_started
         state["skipped_updates"] += int(update_metrics.get("train/skipped_updates", 0))
         if state["skipped_updates"] > config.max_skipped_updates:
             # Every rank sees the same count (ZeRO's overflow check is global), so all stop here,
@@ -211,6 +230,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # 4. Weight sync: learner -> engines, in place.
         sync_started = time.perf_counter()
         weights = learner.export_weights()
+        metrics["time/export_seconds"] = time.perf_counter() - sync_started
         if is_chief:
             metrics.update(roles.publish_weights(step, weights))
         del weights
@@ -227,12 +247,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         step_seconds = time.perf_counter() - step_started
         metrics["time/step_seconds"] = step_seconds
+        metrics.update(orchestration_metrics(metrics))
         state["elapsed_seconds"] = time.perf_counter() - run_started
         eta = state["elapsed_seconds"] / step * (config.total_steps - step)
         if is_chief:
             for sink in sinks:
                 sink.log(step, metrics)
-            print(_console_line(step, config.total_steps, metrics, step_seconds, eta), flush=True)
+            console.say(_console_line(step, config.total_steps, metrics, step_seconds, eta))
 
         # 6. Checkpoint (every rank writes its DeepSpeed shard into one folder).
         if step % config.checkpoint.every_steps == 0 or step == config.total_steps:
@@ -248,6 +269,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         learner.save_hf(run_dir / "final_model")
     elif is_chief:
         (run_dir / STOP_FILE).write_text(json.dumps({"reason": stop_reason}))
-        print(stop_reason, flush=True)
+        console.say(stop_reason)
     for sink in sinks:
         sink.close()

@@ -1,12 +1,13 @@
 """One RL step's rollouts as a Ray Data pipeline.
 
-    prompts -> on-policy generation (N1/prompt)  \
-                                                  union -> reward -> group advantages -> rows
-    prompts -> mixed generation (N2/prompt)      /
+    prompts -> [per batch of prompts: on-policy generation (N1/prompt, policy engine)
+                                      + mixed generation (N2/prompt, mixed engine), concurrently
+                                      -> reward -> group advantages] -> rows
 
-Generation and reward stages are small Ray tasks that forward each batch to the run's
-long-lived actors (`pipelines.roles`), so nothing heavy is built per step, and Ray Data streams
-batches: grading of early batches overlaps generation of later ones.
+One stage, a small Ray task per batch of whole prompts, forwards the batch to the run's
+long-lived actors (`pipelines.roles`): nothing heavy is built per step. A prompt's whole group
+(N1 + N2 samples) stays in one batch, so its advantages need no shuffle (`groupby`); and while
+one batch is graded the engines generate the next, so grading overlaps generation.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def _contiguous_runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _generate_batch(batch: pd.DataFrame, engines: list[Any], kind: str, plan: RolloutPlan) -> pd.DataFrame:
+def _request_generation(batch: pd.DataFrame, engines: list[Any], kind: str, plan: RolloutPlan) -> list[tuple[int, Any]]:
+    """Sends the batch's prompts to one engine; returns (first row, pending call) pairs."""
     n = plan.n_on_policy if kind == "on_policy" else plan.n_mixed
     indices = [int(i) for i in batch["prompt_index"]]
     engine = engines[(indices[0] // max(1, plan.prompts_per_batch)) % len(engines)]
@@ -98,6 +100,10 @@ def _generate_batch(batch: pd.DataFrame, engines: list[Any], kind: str, plan: Ro
         )
         prompts = [list(map(int, ids)) for ids in batch["prompt_token_ids"].iloc[start:end]]
         calls.append((start, engine.generate_for_step.remote(prompts, spec, plan.weights_version, tau)))
+    return calls
+
+
+def _collect_generation(batch: pd.DataFrame, kind: str, calls: list[tuple[int, Any]]) -> list[dict[str, Any]]:
     records = []
     for start, call in calls:
         results, summary = ray.get(call)
@@ -122,7 +128,21 @@ def _generate_batch(batch: pd.DataFrame, engines: list[Any], kind: str, plan: Ro
                     "scored_positions": summary.get("scored_positions", 0.0) if position == 0 else 0.0,
                 }
             )
-    return pd.DataFrame.from_records(records)
+    return records
+
+
+def _rollout_batch(
+    batch: pd.DataFrame, policy_engines: list[Any], mixed_engines: list[Any], reward_actors: list[Any], plan: RolloutPlan
+) -> pd.DataFrame:
+    """Generate both kinds for a batch of prompts, grade, and score each prompt's group."""
+    kinds = [("on_policy", policy_engines)] + ([("mixed", mixed_engines)] if plan.n_mixed > 0 else [])
+    # Both engines work at once: the calls are sent before any result is awaited.
+    pending = [(kind, _request_generation(batch, engines, kind, plan)) for kind, engines in kinds]
+    records = [record for kind, calls in pending for record in _collect_generation(batch, kind, calls)]
+    graded = _grade_batch(pd.DataFrame.from_records(records), reward_actors)
+    if not plan.compute_advantages:
+        return graded
+    return pd.concat([_group_advantages(group, plan.alpha) for _, group in graded.groupby("prompt_index", sort=False)])
 
 
 def _grade_batch(batch: pd.DataFrame, reward_actors: list[Any]) -> pd.DataFrame:
@@ -169,35 +189,20 @@ def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRo
     ]
     if [item["prompt_index"] for item in items] != list(range(len(items))):
         raise ValueError("prompt_index must run 0..P-1 in order")
-    source = ray.data.from_items(items)
-    # Stage tasks only forward batches to actors, so a few suffice; more would only start
-    # (and, between steps, reap) extra worker processes.
-    stage_args = {"batch_size": plan.prompts_per_batch, "batch_format": "pandas", "num_cpus": 0.1}
-    branches = [
-        source.map_batches(
-            _generate_batch, fn_args=(roles.policy_engines, "on_policy", plan),
-            concurrency=2 * len(roles.policy_engines), **stage_args,
+    if plan.n_mixed > 0 and not roles.mixed_engines:
+        raise ValueError("n_mixed > 0 but the run has no mixed engines")
+    # Stage tasks only forward batches to actors: two per engine keep each engine busy while
+    # the other task grades; more would only start (and, between steps, reap) worker processes.
+    engines = max(len(roles.policy_engines), len(roles.mixed_engines) if plan.n_mixed > 0 else 0)
+    frame = (
+        ray.data.from_items(items)
+        .map_batches(
+            _rollout_batch, fn_args=(roles.policy_engines, roles.mixed_engines, roles.reward_actors, plan),
+            batch_size=plan.prompts_per_batch, batch_format="pandas", num_cpus=0.1,
+            compute=ray.data.TaskPoolStrategy(size=2 * engines),
         )
-    ]
-    if plan.n_mixed > 0:
-        if not roles.mixed_engines:
-            raise ValueError("n_mixed > 0 but the run has no mixed engines")
-        branches.append(
-            source.map_batches(
-                _generate_batch, fn_args=(roles.mixed_engines, "mixed", plan),
-                concurrency=2 * len(roles.mixed_engines), **stage_args,
-            )
-        )
-    samples = branches[0].union(*branches[1:]) if len(branches) > 1 else branches[0]
-    graded = samples.map_batches(
-        _grade_batch, fn_args=(roles.reward_actors,), batch_format="pandas", num_cpus=0.1,
-        concurrency=2 * len(roles.reward_actors),
+        .to_pandas()
     )
-    if plan.compute_advantages:
-        # Groups are tiny (N1 + N2 rows): a few shuffle partitions, not Ray's default 200.
-        partitions = max(1, min(8, len(items) // 16))
-        graded = graded.groupby("prompt_index", num_partitions=partitions).map_groups(_group_advantages, fn_kwargs={"alpha": plan.alpha}, batch_format="pandas")
-    frame = graded.to_pandas()
     frame = frame.sort_values(["prompt_index", "is_mixed", "sample_index"], kind="stable").reset_index(drop=True)
 
     dropped_prompts = int(frame.loc[frame["dropped"], "prompt_index"].nunique())

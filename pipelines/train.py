@@ -40,7 +40,7 @@ def _preflight(config, ray_module) -> None:
 
     resources = ray_module.cluster_resources()
     if config.scaling.use_gpu:
-        engines = config.scaling.num_policy_engines + (config.scaling.num_mixed_engines if config.rollout.n_mixed > 0 else 0)
+        engines = config.scaling.num_policy_engines + (config.scaling.num_mixed_engines if config.guided else 0)
         needed = engines * config.scaling.gpus_per_engine + config.scaling.num_learner_workers
         available = resources.get("GPU", 0)
         if needed > available:
@@ -73,53 +73,97 @@ def quiet_state_api_warnings() -> None:
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
-def run_training(config, *, ray_address: str | None = None, nan_loss_at_steps: tuple[int, ...] = ()) -> RunSummary:
+def _start_line(config, run_dir: Path, paths) -> str:
+    algorithm = "MENTOR" if config.guided else "GRPO"
+    engines = f"{config.scaling.num_policy_engines} policy" + (
+        f" + {config.scaling.num_mixed_engines} mixed" if config.guided else ""
+    )
+    return (
+        f"{algorithm} run {run_dir} | policy {paths.policy_dir} | {config.total_steps} steps of "
+        f"{config.rollout.prompts_per_step} prompts x {config.rollout.n_on_policy}+{config.rollout.n_mixed} | "
+        f"setting up {engines} engines, {config.scaling.num_learner_workers} DeepSpeed learner(s) | log {run_dir / 'run.log'}"
+    )
+
+
+def summary_line(summary: RunSummary) -> str:
+    """The last console line; shows only numbers the run has (no validation, no 'nan')."""
+    m = summary.metrics
+    parts = [f"done: {summary.steps} steps in {summary.seconds / 60:.1f} min"]
+    if "val/greedy_accuracy" in m:
+        parts.append(f"final val greedy accuracy {m['val/greedy_accuracy']:.3f}")
+    if "rollout/on_policy_accuracy" in m:
+        parts.append(f"last on-policy accuracy {m['rollout/on_policy_accuracy']:.3f}")
+    parts += [f"run folder {summary.run_dir}", f"model {summary.final_model}"]
+    return " | ".join(parts)
+
+
+def run_training(
+    config, *, ray_address: str | None = None, nan_loss_at_steps: tuple[int, ...] = (), verbose: bool = False
+) -> RunSummary:
     """Runs the loop to the end; raises RunStopped if it stopped itself, ConfigError before any work.
 
     nan_loss_at_steps: fault injection for tests (those steps' losses are made NaN).
+    verbose: library logs on the console instead of the run folder's run.log.
     """
-    import ray
-    import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from transformers import AutoTokenizer
-
     from mentor_ray.config import save_config
-    from mentor_ray.metrics import read_metrics
-    from mentor_ray.plots import plot_runs
-    from mentor_ray.run_inputs import load_tokenized_problems, make_run_dir, resolve_run_paths
-    from pipelines.loop import STOP_FILE, train_loop_per_worker
-    from pipelines.roles import build_rollout_roles
+    from mentor_ray.run_inputs import make_run_dir, resolve_run_paths
+    from pipelines.console import DriverConsole
 
     started = time.perf_counter()
     resume_from = find_checkpoint(config.checkpoint.resume_from) if config.checkpoint.resume_from else None
     run_dir = make_run_dir(config)
     paths = resolve_run_paths(config, run_dir)
     save_config(config, run_dir / "config.yaml")
+    console = DriverConsole(run_dir, verbose=verbose)
+    console.say(_start_line(config, run_dir, paths))
+    console.quiet_libraries()
+    try:
+        return _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_steps, started)
+    finally:
+        console.close()
+
+
+def _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_steps, started) -> RunSummary:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from transformers import AutoTokenizer
+
+    from mentor_ray.metrics import read_metrics
+    from mentor_ray.plots import plot_runs
+    from mentor_ray.run_inputs import load_tokenized_problems
+    from pipelines.loop import STOP_FILE, train_loop_per_worker
+    from pipelines.roles import build_rollout_roles
+
     tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
-    train_problems, data_counts = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train")
+    train_problems, data_counts = load_tokenized_problems(
+        paths.train_path, config, tokenizer, paths.system_prompt, "train", say=console.say
+    )
     eval_problems = []
     if paths.eval_path and config.eval.every_steps:
         eval_problems, eval_counts = load_tokenized_problems(
-            paths.eval_path, config, tokenizer, paths.system_prompt, "eval", limit=config.eval.max_problems
+            paths.eval_path, config, tokenizer, paths.system_prompt, "eval", limit=config.eval.max_problems, say=console.say
         )
         data_counts.update(eval_counts)
 
     if not ray.is_initialized():
         address = ray_address or os.environ.get("RAY_ADDRESS")
         if address:
-            ray.init(address=address)
+            ray.init(address=address, log_to_driver=console.log_to_driver)
         else:
             ray.init(
                 num_cpus=config.scaling.local_num_cpus,
                 include_dashboard=False,
+                log_to_driver=console.log_to_driver,
                 runtime_env={"worker_process_setup_hook": "pipelines.train.quiet_state_api_warnings"},
             )
+    console.link_ray_logs()
     _preflight(config, ray)
     # A reused run folder may hold an earlier run's stop marker; only this run's may count.
     (run_dir / STOP_FILE).unlink(missing_ok=True)
     roles = build_rollout_roles(config, paths.policy_dir, paths.expert_dir)
     try:
+        console_lines = console.start_relay()
         trainer = TorchTrainer(
             train_loop_per_worker=train_loop_per_worker,
             train_loop_config={
@@ -132,6 +176,7 @@ def run_training(config, *, ray_address: str | None = None, nan_loss_at_steps: t
                 # resume point for a new run (TorchTrainer's resume argument is deprecated in V2).
                 "resume_from": str(resume_from) if resume_from else None,
                 "nan_loss_at_steps": tuple(nan_loss_at_steps),
+                "console": console_lines,
             },
             scaling_config=ScalingConfig(
                 num_workers=config.scaling.num_learner_workers,
@@ -174,23 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE, help="YAML recipe (default: the toy-world MENTOR run)")
     parser.add_argument("--grpo", action="store_true", help="the on-policy GRPO baseline: rollout.n_mixed=0")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
+    parser.add_argument("--verbose", action="store_true", help="show library logs (Ray, vLLM, DeepSpeed) on the console")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. guidance.entropy_quantile=0.9")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + (["rollout.n_mixed=0"] if args.grpo else [])
     try:
         config = load_config(args.config, overrides)
-        summary = run_training(config, ray_address=args.address)
+        summary = run_training(config, ray_address=args.address, verbose=args.verbose)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunStopped as error:
         print(f"stopped: {error}", file=sys.stderr)
         return 1
-    m = summary.metrics
-    print(
-        f"done: {summary.steps} steps in {summary.seconds / 60:.1f} min | final val greedy accuracy "
-        f"{m.get('val/greedy_accuracy', float('nan')):.3f} | run folder {summary.run_dir} | model {summary.final_model}"
-    )
+    print(summary_line(summary), flush=True)
     return 0
 
 

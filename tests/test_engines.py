@@ -196,6 +196,24 @@ def test_policy_engine_log_probs_match_transformers_before_and_after_update(tiny
     assert stats_now.generated_tokens == sum(len(r.response_token_ids) for r in before + after)
 
 
+def test_texts_are_what_vllms_own_detokenizer_gives(policy_engine):
+    """The engine asks vLLM for token ids only and decodes once at the end; the texts must be
+    exactly vLLM's streaming detokenizer's (the reward reads them)."""
+    from vllm import SamplingParams
+
+    spec = SamplingSpec(n=4, max_new_tokens=24, seed=5)
+    ours = policy_engine.generate(PROMPTS, spec)
+    outputs = policy_engine._llm.generate(
+        [{"prompt_token_ids": p} for p in PROMPTS],
+        [SamplingParams(n=4, max_tokens=24, seed=5 + i * 4, logprobs=0) for i in range(len(PROMPTS))],
+        use_tqdm=False,
+    )
+    reference = [c for o in outputs for c in sorted(o.outputs, key=lambda c: c.index)]
+    assert [r.response_token_ids for r in ours] == [list(c.token_ids) for c in reference]
+    assert [r.response_text for r in ours] == [c.text for c in reference]
+    assert any(r.response_text for r in ours)
+
+
 def test_policy_engine_update_with_state_dict_including_tied_head(tiny, policy_engine):
     # state_dict() lists lm_head.weight too (an alias of the embedding): accepted, same result.
     fresh = _random_qwen2(8, hidden=64, heads=2, kv_heads=1, layers=2, tied=True)

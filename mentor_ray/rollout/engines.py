@@ -238,8 +238,14 @@ class _VllmEngine:
     def generate(
         self, prompt_token_ids: list[list[int]], spec: SamplingSpec
     ) -> list[GenerationResult]:
-        """spec.n samples per prompt, ordered by (prompt_index, sample_index)."""
+        """spec.n samples per prompt, ordered by (prompt_index, sample_index).
+
+        vLLM is asked for what RL needs and no more: final outputs only (its default streams a
+        growing copy of every sequence each decoding step) and no incremental detokenization
+        (the texts are decoded once, in one batch, at the end), the sampled token's log-prob only.
+        """
         from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         self._validate_prompts(prompt_token_ids)
         started = time.perf_counter()
@@ -253,6 +259,8 @@ class _VllmEngine:
                 top_p=spec.top_p,
                 seed=None if spec.seed is None else spec.seed + index * spec.n,
                 logprobs=0,  # 0 = only the sampled token's log-prob
+                detokenize=False,
+                output_kind=RequestOutputKind.FINAL_ONLY,
             )
             for index in fitting
         ]
@@ -265,17 +273,19 @@ class _VllmEngine:
             if fitting
             else []
         )
-        by_prompt = dict(zip(fitting, outputs, strict=True))
+        completions = [sorted(output.outputs, key=lambda c: c.index) for output in outputs]
+        texts = iter(self._decode([list(c.token_ids) for group in completions for c in group]))
+        by_prompt = dict(zip(fitting, completions, strict=True))
         results: list[GenerationResult] = []
         for index, prompt in enumerate(prompt_token_ids):
-            output = by_prompt.get(index)
-            if output is None:
+            group = by_prompt.get(index)
+            if group is None:
                 results.extend(
                     GenerationResult(index, j, list(prompt), [], "", [], PROMPT_TOO_LONG)
                     for j in range(spec.n)
                 )
                 continue
-            for completion in sorted(output.outputs, key=lambda c: c.index):
+            for completion in group:
                 tokens = list(completion.token_ids)
                 log_probs = [
                     float(step[token].logprob)
@@ -287,7 +297,7 @@ class _VllmEngine:
                         sample_index=completion.index,
                         prompt_token_ids=list(prompt),
                         response_token_ids=tokens,
-                        response_text=completion.text,
+                        response_text=next(texts),
                         response_log_probs=log_probs,
                         finish_reason=str(completion.finish_reason),
                     )
@@ -299,6 +309,14 @@ class _VllmEngine:
         self._stats.prompt_tokens += sum(len(prompt_token_ids[i]) for i in fitting)
         self._stats.generated_tokens += sum(len(r.response_token_ids) for r in results)
         return results
+
+    def _decode(self, token_ids: list[list[int]]) -> list[str]:
+        """Texts as vLLM's own detokenizer gives them (special tokens skipped, no clean-up)."""
+        if not token_ids:
+            return []
+        return self._llm.get_tokenizer().batch_decode(
+            token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
 
     def prompt_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
         """Log-prob of every token after the first under the engine's model (teacher forcing).
@@ -449,6 +467,14 @@ class EngineActor:
 
     def generate(self, prompt_token_ids: list[list[int]], spec: SamplingSpec) -> list[GenerationResult]:
         return self.engine.generate(prompt_token_ids, spec)
+
+    def _decode(self, token_ids: list[list[int]]) -> list[str]:
+        """Texts as vLLM's own detokenizer gives them (special tokens skipped, no clean-up)."""
+        if not token_ids:
+            return []
+        return self._llm.get_tokenizer().batch_decode(
+            token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )
 
     def prompt_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
         return self.engine.prompt_log_probs(sequences)

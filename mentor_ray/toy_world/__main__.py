@@ -1,7 +1,9 @@
-"""``python -m mentor_ray.toy_world [--seed N] [--force] [--cache-root DIR] [--habits MODEL_DIR ...]``
+"""``python -m mentor_ray.toy_world [--seed N] [--force] [--ship] [--cache-root DIR] [--habits MODEL_DIR ...]``
 
-Builds (or shows) the toy world; with ``--habits``, also samples each model folder (the toy
-policy, the expert, a run's ``final_model``) on the eval problems and prints its habits:
+Shows the toy world (the shipped one for the default recipe), or builds it: ``--force``
+rebuilds into the cache, ``--ship`` then copies the build into the package
+(``mentor_ray/toy_world/shipped``) with a fresh manifest. With ``--habits``, it also samples
+each model folder (the toy policy, the expert, a run's ``final_model``) on the eval problems and prints its habits:
 accuracy, how often it stops a step early, and how often it swaps operands.
 """
 
@@ -11,19 +13,24 @@ import argparse
 import json
 from pathlib import Path
 
-from mentor_ray.toy_world.build import build_toy_world, default_cache_root
+from mentor_ray.toy_world.build import build_toy_world, default_cache_root, ship_world
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mentor_ray.toy_world", description=__doc__)
     parser.add_argument("--seed", type=int, default=0, help="build seed (default 0)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if cached")
+    parser.add_argument("--force", action="store_true", help="rebuild even if shipped or cached")
+    parser.add_argument("--ship", action="store_true", help="copy the (re)built default world into the package")
     parser.add_argument(
         "--cache-root", default=None, help=f"cache folder (default $MENTOR_RAY_CACHE or {default_cache_root()})"
     )
     parser.add_argument("--habits", nargs="+", default=[], metavar="MODEL_DIR", help="model folders to sample and describe")
     args = parser.parse_args(argv)
-    world = build_toy_world(cache_root=args.cache_root, seed=args.seed, force=args.force)
+    world = build_toy_world(cache_root=args.cache_root, seed=args.seed, force=args.force or args.ship)
+    if args.ship:
+        if args.seed != 0:
+            parser.error("--ship ships the default world (seed 0)")
+        print(f"shipped to {ship_world(world)}")
     if args.habits:
         print_habits(args.habits, world.eval_path)
         return

@@ -1,4 +1,11 @@
-"""Builds (once per machine) and caches the toy world: tokenizer, expert, policy, RL data.
+"""The toy world: tokenizer, expert, policy, RL data. Shipped built; rebuilt only on request.
+
+The default world is shipped in the package (``SHIPPED_ROOT``, about 1 MB): float training
+differs between CPUs (AVX2 vs AVX-512 reductions), so a world built on each machine would give
+each machine different models and different numbers, and the build costs 5-11 minutes. A
+recipe whose hash matches the shipped report is served from there; any other recipe (or
+``force``) is built and cached. ``python -m mentor_ray.toy_world --ship`` rebuilds the default
+world into the package; ``MANIFEST`` there holds every file's sha256, checked by the tests.
 
 Everything follows from a frozen ``ToyWorldRecipe``; the cache folder is named by a hash of it,
 so changing any build parameter (or bumping ``TOY_WORLD_VERSION``) builds a new world beside
@@ -43,6 +50,8 @@ TOY_WORLD_VERSION = "toy-world-v4"
 DEFAULT_CACHE_ROOT = Path("~/.cache/mentor-ray/toy-world")
 CACHE_ENV_VAR = "MENTOR_RAY_CACHE"
 REPORT_FILE = "report.json"
+MANIFEST_FILE = "MANIFEST"
+SHIPPED_ROOT = Path(__file__).parent / "shipped"
 # Fixed so the build is reproducible bit for bit (float reductions depend on the split).
 # One thread, not two: these models are so small that intra-op parallelism gains little, and
 # on a shared 2-core machine (other tests, Ray workers) two OpenMP threads stall each other:
@@ -151,6 +160,10 @@ def build_toy_world(
         recipe = ToyWorldRecipe(seed=seed)
     elif recipe.seed != seed and seed != 0:
         raise ValueError(f"seed={seed} conflicts with recipe.seed={recipe.seed}; pass one of them")
+    if not force:
+        shipped = shipped_world(recipe)
+        if shipped is not None:
+            return shipped
     cache_root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
     root = cache_root / recipe.digest()
     if not force:
@@ -171,6 +184,34 @@ def build_toy_world(
             return _build(root, recipe, log)
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def shipped_world(recipe: ToyWorldRecipe | None = None) -> ToyWorld | None:
+    """The world shipped in the package, if it was built from ``recipe`` (default: the default)."""
+    shipped = _read_finished(SHIPPED_ROOT)
+    wanted = (recipe or ToyWorldRecipe()).digest()
+    if shipped is None or shipped.report.get("recipe_hash") != wanted:
+        return None
+    return shipped
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under root except the manifest, by relative path."""
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_FILE and "__pycache__" not in path.parts
+    }
+
+
+def ship_world(world: ToyWorld, destination: Path = SHIPPED_ROOT) -> Path:
+    """Copy a finished build into the package folder and write its manifest."""
+    if destination.exists():
+        shutil.rmtree(destination)
+    shutil.copytree(world.root, destination)
+    digests = file_digests(destination)
+    (destination / MANIFEST_FILE).write_text("".join(f"{digest}  {name}\n" for name, digest in digests.items()))
+    return destination
 
 
 def _read_finished(root: Path) -> ToyWorld | None:
