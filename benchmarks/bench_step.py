@@ -1,7 +1,7 @@
 """Where an RL step's wall time goes, against TRL's GRPOTrainer on identical work.
 
     .venv/bin/python benchmarks/bench_step.py [--steps 8] [--prompts 32] [--samples 8] [--mixed 4]
-        [--new-tokens 96] [--skip-trl] [--skip-mentor] [--out DIR]
+        [--new-tokens 96] [--skip-trl] [--skip-mentor] [--out DIR] [--override KEY=VALUE ...]
 
 Runs, one after another, each in a fresh process (so none shares the cores with another):
 1. our GRPO step (`pipelines.train`, n_mixed=0), P prompts x G samples, validation off, one
@@ -62,7 +62,7 @@ def run_ours(name: str, args, out: Path, n_mixed: int) -> dict:
         f"total_steps={args.steps}", f"rollout.prompts_per_step={args.prompts}", f"rollout.n_on_policy={args.samples}",
         f"rollout.n_mixed={n_mixed}", f"rollout.max_response_tokens={args.new_tokens}",
         f"optimizer.mini_batch_prompts={args.prompts}", "eval.every_steps=0", f"checkpoint.every_steps={args.steps}",
-        f"logging.run_root={out}", f"logging.run_name={name}", f"seed={args.seed}",
+        f"logging.run_root={out}", f"logging.run_name={name}", f"seed={args.seed}", *args.override,
     ]
     started = time.perf_counter()
     process = subprocess.Popen(
@@ -149,6 +149,7 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true")
     parser.add_argument("--skip-mentor", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="extra dotted override for our runs")
     args = parser.parse_args()
     out = (args.out or Path(tempfile.mkdtemp(prefix="bench-step-"))).resolve()
     out.mkdir(parents=True, exist_ok=True)

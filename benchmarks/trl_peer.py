@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import tempfile
 import time
 
@@ -113,7 +112,11 @@ def main() -> None:
     trainer.train()
     total = time.perf_counter() - started
     with open(args.out, "w") as handle:
-        json.dump({"steps": clock.steps, "train_seconds": total, "torch_threads": torch.get_num_threads(), "pid": os.getpid()}, handle)
+        json.dump(
+            {"steps": clock.steps, "train_seconds": total, "torch_threads": torch.get_num_threads(),
+             "log_history": trainer.state.log_history},
+            handle,
+        )
 
 
 if __name__ == "__main__":

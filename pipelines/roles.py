@@ -172,6 +172,10 @@ class RolloutRoles:
         seconds = ray.get([engine.sync_weights.remote(version, [weights_ref]) for engine in engines])
         return {"sync/engine_load_seconds_max": max(seconds) if seconds else 0.0}
 
+    def check_engines(self) -> None:
+        """Waits for every engine to be built; raises the error of one that could not be."""
+        ray.get([engine.stats.remote() for engine in self.policy_engines + self.mixed_engines])
+
     def busy_intervals(self) -> dict[str, list[tuple[float, float]]]:
         """Each role's working intervals since the last call: "engines" and "graders"."""
         engines = ray.get([engine.busy_intervals.remote() for engine in self.policy_engines + self.mixed_engines])
@@ -199,7 +203,7 @@ def engine_settings(config: MentorConfig, seed_offset: int = 0) -> EngineSetting
 
 def _engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_store: Any, config: MentorConfig):
     use_gpu = config.scaling.use_gpu
-    env = {} if use_gpu else dict(CPU_ENGINE_ENV)
+    env = {} if use_gpu else {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(config.cpu_threads()[0])}
     actor_class = ray.remote(RolloutEngineActor)
     return actor_class.options(
         num_cpus=config.scaling.cpus_per_engine,
@@ -211,7 +215,10 @@ def _engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_store:
     ).remote(kind, engine_kwargs, weight_store)
 
 
-def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str | None) -> RolloutRoles:
+def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str | None, wait: bool = True) -> RolloutRoles:
+    """Starts the run's actors. wait=False returns at once, so the learners start while the
+    engines import vLLM and warm up (their first use waits for them); `check_engines` then
+    names an engine that could not start."""
     weight_store = ray.remote(WeightStore).options(num_cpus=0).remote()
     policy_engines = [
         _engine_actor("policy", {"model_dir": policy_dir, "settings": engine_settings(config, i)}, weight_store, config)
@@ -237,6 +244,6 @@ def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str |
         .remote(reward_weights, config.reward.timeout_s, config.reward.num_processes)
     ]
     roles = RolloutRoles(policy_engines, mixed_engines, reward_actors, weight_store)
-    # Surface a broken model folder now, as a clear error, rather than inside the first step.
-    ray.get([engine.stats.remote() for engine in policy_engines + mixed_engines])
+    if wait:
+        roles.check_engines()
     return roles

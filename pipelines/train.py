@@ -161,7 +161,7 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_
     _preflight(config, ray)
     # A reused run folder may hold an earlier run's stop marker; only this run's may count.
     (run_dir / STOP_FILE).unlink(missing_ok=True)
-    roles = build_rollout_roles(config, paths.policy_dir, paths.expert_dir)
+    roles = build_rollout_roles(config, paths.policy_dir, paths.expert_dir, wait=False)
     try:
         console_lines = console.start_relay()
         trainer = TorchTrainer(
@@ -192,6 +192,8 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_
         )
         result = trainer.fit()
         if result.error:
+            # An engine that could not start explains a failed run best: say that first.
+            roles.check_engines()
             raise result.error
     finally:
         roles.shutdown()

@@ -120,11 +120,17 @@ def _worker_loop(loop_config: dict) -> None:
     batch_a = fixed_batch(seed=1)
     shard_a = shard_for_rank(batch_a, rank, world_size, MINI_BATCHES)
     flat_a = [s for mini_batch in shard_a for s in mini_batch]
-    old_a, entropy_a = learner.compute_old_log_probs(flat_a)
+    if loop_config.get("learn_api"):
+        # What the RL loop calls: the first mini-batch's old log-probs come from its own pass.
+        learned = learner.learn(shard_a)
+        old_a, entropy_a, record["metrics_a"] = learned.old_log_probs, learned.entropies, learned.metrics
+    else:
+        old_a, entropy_a = learner.compute_old_log_probs(flat_a)
     record["old_log_probs"], record["entropies"] = old_a, entropy_a
     on_policy = [e for e, s in zip(entropy_a, flat_a) if not s.is_mixed]
     record["tau"] = learner.global_entropy_threshold(torch.cat(on_policy), 0.95, 0.01)
-    record["metrics_a"] = learner.update(shard_a, old_a)
+    if not loop_config.get("learn_api"):
+        record["metrics_a"] = learner.update(shard_a, old_a)
     record["weights_a"] = learner.export_weights()
 
     if loop_config["nan_step"]:
@@ -159,7 +165,7 @@ def _worker_loop(loop_config: dict) -> None:
 
 
 def _run_workers(model_dir: Path, out_dir: Path, num_workers: int, zero_stage: int,
-                 nan_step: bool, checkpoint: bool) -> list[dict]:
+                 nan_step: bool, checkpoint: bool, learn_api: bool = False) -> list[dict]:
     import ray
     import ray.cloudpickle
     from ray.train import RunConfig, ScalingConfig
@@ -171,7 +177,7 @@ def _run_workers(model_dir: Path, out_dir: Path, num_workers: int, zero_stage: i
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"model_dir": str(model_dir), "out_dir": str(out_dir), "zero_stage": zero_stage,
-                           "nan_step": nan_step, "checkpoint": checkpoint},
+                           "nan_step": nan_step, "checkpoint": checkpoint, "learn_api": learn_api},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=False),
         run_config=RunConfig(storage_path=str(out_dir / "ray_results"), name=f"learner_w{num_workers}"),
     )
@@ -213,7 +219,7 @@ def worker_runs(ray_cluster, tiny_model_dir, tmp_path_factory) -> dict:
 
     out_one, out_two = tmp_path_factory.mktemp("w1"), tmp_path_factory.mktemp("w2")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        one = pool.submit(_run_workers, tiny_model_dir, out_one, 1, 2, nan_step=False, checkpoint=False)
+        one = pool.submit(_run_workers, tiny_model_dir, out_one, 1, 2, nan_step=False, checkpoint=False, learn_api=True)
         two = pool.submit(_run_workers, tiny_model_dir, out_two, 2, 2, nan_step=True, checkpoint=True)
         return {"one": one.result(), "two": (out_two, two.result())}
 
@@ -381,21 +387,23 @@ def test_one_and_two_workers_make_the_same_update_as_plain_torch(one_worker, two
         assert two[1]["metrics_a"][name] == two[0]["metrics_a"][name], name
 
 
-def test_old_log_probs_and_entropies_match_a_plain_hf_forward(two_workers, tiny_model_dir):
+def test_old_log_probs_and_entropies_match_a_plain_hf_forward(two_workers, one_worker, tiny_model_dir):
+    """Both ways: the separate no-grad pass (2 workers) and `learn` (1 worker), which takes
+    the first mini-batch's from its training pass and the rest from a no-grad pass."""
     _, two = two_workers
     model = _load_reference_model(tiny_model_dir)
     batch = fixed_batch(seed=1)
     checked = 0
     with torch.no_grad():
-        for run in two:
-            flat = [s for mb in shard_for_rank(batch, run["rank"], 2, MINI_BATCHES) for s in mb]
+        for run in two + one_worker:
+            flat = [s for mb in shard_for_rank(batch, run["rank"], run["world_size"], MINI_BATCHES) for s in mb]
             assert len(run["old_log_probs"]) == len(flat)
             for sample, log_probs, entropy in zip(flat, run["old_log_probs"], run["entropies"]):
                 expected_lp, expected_entropy = _response_log_probs_and_entropy(model, sample)
                 torch.testing.assert_close(log_probs, expected_lp, atol=1e-5, rtol=0)
                 torch.testing.assert_close(entropy, expected_entropy, atol=1e-5, rtol=0)
                 checked += len(sample.response_token_ids)
-    assert checked == sum(len(s.response_token_ids) for s in batch)
+    assert checked == 2 * sum(len(s.response_token_ids) for s in batch)
 
 
 def test_global_entropy_threshold_is_the_quantile_of_all_ranks_tokens(two_workers):

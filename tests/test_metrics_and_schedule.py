@@ -2,7 +2,17 @@
 import pytest
 import torch
 
-from mentor_ray.metrics import JsonlSink, build_sinks, entropy_metrics, mixture_metrics, read_metrics, rollout_metrics
+from mentor_ray.metrics import (
+    JsonlSink,
+    build_sinks,
+    busy_seconds,
+    entropy_metrics,
+    mixture_metrics,
+    orchestration_metrics,
+    read_metrics,
+    rollout_metrics,
+    rollout_time_metrics,
+)
 from mentor_ray.plots import plot_runs
 from mentor_ray.prompt_schedule import PromptSchedule
 
@@ -102,3 +112,23 @@ def test_comparison_numbers():
     assert numbers["end_of_guidance_step"] == 2
     assert numbers["mentor_entropy_end_of_guidance"] == pytest.approx(0.6)  # steps 1-2 (window 3 ends at 2)
     assert numbers["grpo_entropy_end_of_guidance"] == pytest.approx(0.15)
+
+
+def test_busy_seconds_is_the_length_of_the_union():
+    assert busy_seconds([]) == 0.0
+    assert busy_seconds([(0.0, 1.0), (0.5, 2.0), (3.0, 4.0), (3.5, 3.7)]) == pytest.approx(3.0)
+    assert busy_seconds([(5.0, 6.0), (0.0, 1.0)]) == pytest.approx(2.0)
+
+
+def test_step_time_breakdown_separates_work_from_orchestration():
+    busy = {"engines": [(10.0, 11.0), (10.5, 11.5)], "graders": [(11.2, 11.6)]}
+    rollout = rollout_time_metrics(2.0, busy)
+    assert rollout["time/engine_busy_seconds"] == pytest.approx(1.5)
+    assert rollout["time/grading_busy_seconds"] == pytest.approx(0.4)
+    assert rollout["time/rollout_work_seconds"] == pytest.approx(1.6)  # grading overlaps generation
+    assert rollout["time/rollout_overhead_seconds"] == pytest.approx(0.4)
+    step = {**rollout, "time/step_seconds": 4.0, "time/update_seconds": 1.5, "time/old_log_prob_seconds": 0.2,
+            "time/export_seconds": 0.1, "sync/engine_load_seconds_max": 0.1}
+    result = orchestration_metrics(step)
+    assert result["time/orchestration_seconds"] == pytest.approx(0.5)
+    assert result["time/orchestration_share"] == pytest.approx(0.125)

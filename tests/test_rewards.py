@@ -22,6 +22,8 @@ from mentor_ray.rewards import (
     accuracy_reward,
     extract_last_boxed,
     format_reward,
+    grade_accuracy,
+    grade_plain_integers,
 )
 
 
@@ -144,6 +146,31 @@ def test_reference_with_its_own_box_and_missing_answer():
     solution = r"We compute $1+1=2$, so the answer is $\boxed{2}$."
     assert accuracy_reward(r"\boxed{2}", solution) == 1.0
     assert accuracy_reward("the answer is 2", "2") == 0.0  # no box: no answer
+
+
+@pytest.mark.parametrize(
+    "response, reference",
+    [
+        ("\\boxed{42}", "42"), ("\\boxed{ 42 }", "42"), ("\\boxed{042}", "42"), ("\\boxed{-7}", "-7"),
+        ("\\boxed{7}", "-7"), ("\\boxed{41}", "42"), ("\\boxed{+5}", "5"), ("x \\boxed{1} y \\boxed{2}", "2"),
+        ("\\boxed{0}", "0"), ("\\boxed{-0}", "0"), ("\\boxed{123456789012345678901234567890}", "123456789012345678901234567890"),
+        ("no box at all", "3"), ("\\boxed{}", "3"),
+    ],
+)
+def test_integer_fast_path_agrees_with_math_verify(response, reference):
+    """The in-process shortcut must give math-verify's own verdict wherever it answers."""
+    fast = grade_plain_integers(response, reference)
+    assert fast is not None
+    assert fast == grade_accuracy(response, reference)
+
+
+@pytest.mark.parametrize(
+    "response, reference",
+    [("\\boxed{1/2}", "0.5"), ("\\boxed{2}", "2.0"), ("\\boxed{x+1}", "1+x"), ("\\boxed{3}", "\\frac{6}{2}"),
+     ("\\boxed{" + "9" * 65 + "}", "9" * 65)],
+)
+def test_integer_fast_path_leaves_everything_else_to_math_verify(response, reference):
+    assert grade_plain_integers(response, reference) is None
 
 
 # -- RewardGrader ----------------------------------------------------------------------------------

@@ -61,6 +61,10 @@ class EngineSettings:
     # engine ("CPU Generator does not use offset") when a seeded request's prefill is split
     # over steps (gpu_model_runner._bookkeeping_sync rewinds the generator's offset).
     enable_chunked_prefill: bool | None = None
+    # One throw-away generation at build time, shaped like a rollout (max_num_seqs sequences
+    # finishing at every length up to 64): on CPU the first call otherwise pays seconds of
+    # kernel set-up per batch shape (measured 5.0 s vs 0.5 s for 32 prompts x 8 on the toy).
+    warm_up: bool = True
 
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
@@ -216,7 +220,20 @@ class _VllmEngine:
             worker_extension_cls=WORKER_EXTENSION,
             hf_overrides=hf_overrides,
         )
+        if settings.warm_up:
+            self._warm_up()
         self._stats.build_seconds = time.perf_counter() - started
+
+    def _warm_up(self) -> None:
+        from vllm import SamplingParams
+
+        prompt = {"prompt_token_ids": [i % self.vocab_size for i in range(1, 9)]}
+        params = [
+            SamplingParams(max_tokens=1 + i % 64, ignore_eos=True, seed=i, logprobs=0, detokenize=False)
+            for i in range(self.settings.max_num_seqs)
+        ]
+        self._llm.generate([prompt] * len(params), params, use_tqdm=False)
+        self._llm.reset_prefix_cache()
 
     # ---- generation -------------------------------------------------------------------
 
