@@ -30,7 +30,7 @@ def setup(toy_world, local_ray):
         ],
     )
     tokenizer = AutoTokenizer.from_pretrained(toy_world.policy_dir)
-    problems, _ = load_tokenized_problems(str(toy_world.train_path), config, tokenizer, TOY_SYSTEM_PROMPT, "train", limit=16)
+    problems, _ = load_tokenized_problems(str(toy_world.train_path), config, tokenizer, TOY_SYSTEM_PROMPT, "train", limit=48)
     roles = build_rollout_roles(config, str(toy_world.policy_dir), str(toy_world.expert_dir))
     yield config, problems, roles
     roles.shutdown()
@@ -107,18 +107,21 @@ def test_engine_killed_mid_run_loses_and_duplicates_nothing(setup, toy_world):
     version, pid_before = ray.get(victim.weights_version_and_pid.remote())
     assert version == 1
 
+    kill_after_seconds = 1.0
+
     def kill_soon():
-        time.sleep(2.0)
+        time.sleep(kill_after_seconds)
         ray.kill(victim, no_restart=False)
 
     killer = threading.Thread(target=kill_soon)
     killer.start()
     started = time.perf_counter()
-    output = run_rollout(_prompts(problems, 16), _plan(step=5, prompts_per_batch=2, weights_version=1), roles)
+    output = run_rollout(_prompts(problems, 48), _plan(step=5, prompts_per_batch=2, weights_version=1), roles)
+    finished = time.perf_counter()
     killer.join()
-    assert time.perf_counter() - started > 2.0, "the rollout finished before the kill: make it longer"
+    assert finished - started > kill_after_seconds + 0.5, "the rollout finished before the kill: make it longer"
     rows = output.rows
-    assert len(rows) == 16 * (N_ON + N_MIXED)
+    assert len(rows) == 48 * (N_ON + N_MIXED)
     assert len({(r["prompt_index"], r["is_mixed"], r["sample_index"]) for r in rows}) == len(rows)
     version, pid_after = ray.get(victim.weights_version_and_pid.remote())
     assert pid_after != pid_before  # really restarted
