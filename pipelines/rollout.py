@@ -6,8 +6,9 @@
 
 One stage, a small Ray task per batch of whole prompts, forwards the batch to the run's
 long-lived actors (`pipelines.roles`): nothing heavy is built per step. A prompt's whole group
-(N1 + N2 samples) stays in one batch, so its advantages need no shuffle (`groupby`); and while
-one batch is graded the engines generate the next, so grading overlaps generation.
+(N1 + N2 samples) stays in one batch, so its advantages need no shuffle (`groupby`); where a
+pipeline has more batches than engines (validation), one batch is graded while the engine
+generates the next.
 """
 
 from __future__ import annotations
