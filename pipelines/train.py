@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -71,6 +72,15 @@ def quiet_state_api_warnings() -> None:
     import logging
 
     logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+
+
+def _warm_up_quietly() -> None:
+    from pipelines.rollout import warm_up_stage_workers
+
+    try:
+        warm_up_stage_workers()
+    except Exception:  # noqa: BLE001 - only a head start; the first step does the same work anyway
+        pass
 
 
 def _start_line(config, run_dir: Path, paths) -> str:
@@ -162,6 +172,7 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_
     # A reused run folder may hold an earlier run's stop marker; only this run's may count.
     (run_dir / STOP_FILE).unlink(missing_ok=True)
     roles = build_rollout_roles(config, paths.policy_dir, paths.expert_dir, wait=False)
+    threading.Thread(target=_warm_up_quietly, name="warm-up-stage-workers", daemon=True).start()
     try:
         console_lines = console.start_relay()
         trainer = TorchTrainer(
