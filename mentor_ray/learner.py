@@ -523,13 +523,16 @@ class PolicyLearner:
                 mini_old = list(old_log_probs[offset : offset + len(mini_batch)])
                 if any(old is None for old in mini_old) and (epoch, index) != (0, 0):
                     raise ValueError("old log-probs may be left to the update only in the first mini-batch of the first epoch")
-                mini_entropies = [None] * len(mini_batch)
-                result = self._update_mini_batch(list(mini_batch), mini_old, mini_entropies)
-                old_log_probs[offset : offset + len(mini_batch)] = mini_old
-                if entropies is not None:
-                    for position, entropy in enumerate(mini_entropies):
-                        if entropies[offset + position] is None:
-                            entropies[offset + position] = entropy
+                # Only the very first pass sees the pre-update policy: only it can stand in for
+                # the no-grad pass, so only it splits its outputs per sample.
+                captured = [None] * len(mini_batch) if (epoch, index) == (0, 0) else None
+                result = self._update_mini_batch(list(mini_batch), mini_old, captured)
+                if captured is not None:
+                    old_log_probs[offset : offset + len(mini_batch)] = mini_old
+                    if entropies is not None:
+                        for position, entropy in enumerate(captured):
+                            if entropies[offset + position] is None:
+                                entropies[offset + position] = entropy
                 if result is None:
                     empty += 1
                     continue
@@ -562,12 +565,12 @@ class PolicyLearner:
         return metrics
 
     def _update_mini_batch(
-        self, mini_batch: list[TrainingSample], mini_old: list[Any], mini_entropies: list[Any]
+        self, mini_batch: list[TrainingSample], mini_old: list[Any], mini_entropies: list[Any] | None
     ) -> tuple[dict[str, float], bool, float] | None:
         """Forward/backward every micro-batch of one global mini-batch, then one optimizer step.
 
-        None entries of `mini_old` are filled with this forward pass's own (detached)
-        log-probs, and `mini_entropies` with its per-sample entropies.
+        With `mini_entropies` given, None entries of `mini_old` are filled with this forward
+        pass's own (detached) log-probs, and `mini_entropies` with its per-sample entropies.
         Returns (global sums for metrics, whether the step was applied, grad norm), or None
         when the global mini-batch has no response tokens (no step on any rank).
         """
@@ -588,12 +591,13 @@ class PolicyLearner:
                 batch = collate(micro_batches[index], self.pad_token_id)
                 log_probs, entropy = self._forward(batch, entropy_grad)
                 first = index * size
-                own_log_probs = split_response_values(log_probs.detach().float().cpu(), micro_batches[index])
-                own_entropies = split_response_values(entropy.detach().float().cpu(), micro_batches[index])
-                for position, (own_lp, own_entropy) in enumerate(zip(own_log_probs, own_entropies)):
-                    if mini_old[first + position] is None:
-                        mini_old[first + position] = own_lp
-                    mini_entropies[first + position] = own_entropy
+                if mini_entropies is not None:
+                    own_log_probs = split_response_values(log_probs.detach().float().cpu(), micro_batches[index])
+                    own_entropies = split_response_values(entropy.detach().float().cpu(), micro_batches[index])
+                    for position, (own_lp, own_entropy) in enumerate(zip(own_log_probs, own_entropies)):
+                        if mini_old[first + position] is None:
+                            mini_old[first + position] = own_lp
+                        mini_entropies[first + position] = own_entropy
                 width = log_probs.shape[1]
                 mask = batch["response_mask"].to(log_probs.device)
                 inputs = PolicyLossInputs(
