@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -43,7 +44,7 @@ def test_job_submit_trains_toy_world(toy_world, tmp_path):
     assert started.returncode == 0, started.stderr[-3000:]
     try:
         run_root = tmp_path / "runs"
-        submitted = _ray(
+        submit = lambda: _ray(  # noqa: E731
             "job", "submit", f"--address=http://127.0.0.1:{dashboard_port}", "--working-dir", ".",
             "--", "python", "-m", "pipelines.train",
             "total_steps=2", "rollout.prompts_per_step=8", "optimizer.mini_batch_prompts=8",
@@ -52,6 +53,13 @@ def test_job_submit_trains_toy_world(toy_world, tmp_path):
             f"logging.run_root={run_root}", "logging.run_name=submitted",
             env=env, timeout=900,
         )
+        submitted = submit()
+        # A head under load may not have its job agent up yet; Ray says to try again later.
+        for _ in range(6):
+            if "No available agent to submit job" not in submitted.stdout + submitted.stderr:
+                break
+            time.sleep(5)
+            submitted = submit()
         # `ray job submit` waits for the job and exits non-zero unless it SUCCEEDED.
         assert submitted.returncode == 0, (submitted.stdout + submitted.stderr)[-5000:]
         logs = submitted.stdout + submitted.stderr
