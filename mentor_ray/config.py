@@ -416,7 +416,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> A
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:
     parts = dotted_key.split(".")
     node = tree
     for part in parts[:-1]:
@@ -455,26 +455,33 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> MentorConf
     return config
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> MentorConfig:
-    """Defaults, then the YAML file (if any), then `key=value` overrides, then checks."""
-    data: dict[str, Any] = {}
-    source = "default config"
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
-        source = f"config {path}"
+def load_config_tree(path: str | Path) -> dict[str, Any]:
+    """A YAML config file as a plain tree (not yet checked: `config_from_dict` does that)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(loaded).__name__}")
+    return loaded or {}
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, values: dict[str, Any] | None = None
+) -> MentorConfig:
+    """Defaults, then the YAML file (if any), then `key=value` override strings, then dotted
+    `values` (Python objects, as a sweep passes them), then checks."""
+    data = load_config_tree(path) if path is not None else {}
+    source = f"config {path}" if path is not None else "default config"
     for override in overrides or []:
         key, value = parse_override(override)
-        _set_dotted(data, key, value)
-    if overrides:
+        set_dotted(data, key, value)
+    for key, value in (values or {}).items():
+        set_dotted(data, key, value)
+    if overrides or values:
         source += " with overrides"
     return config_from_dict(data, source)
 

@@ -8,6 +8,7 @@ sink imports its package only when asked, and a missing one is an error naming t
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable, Protocol
@@ -218,6 +219,22 @@ def build_sinks(names: list[str], run_dir: Path, project: str, run_name: str, co
         if name != "jsonl":
             sinks.append(factories[name]())
     return sinks
+
+
+def mean_of(values: Iterable[float | None]) -> float:
+    """Mean of the values that are numbers (None and NaN left out); NaN if none are."""
+    kept = [v for v in values if v is not None and not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else float("nan")
+
+
+def window_mean(history: list[dict[str, float]], key: str, last_step: int, width: int = 3) -> float:
+    """Mean of a metric over the `width` steps ending at `last_step` (one step is noisy)."""
+    return mean_of(r.get(key) for r in history if last_step - width < r["step"] <= last_step)
+
+
+def end_of_guidance_step(history: list[dict[str, float]], decay_steps: int) -> int:
+    """The last step with guidance on (alpha > 0 up to decay_steps - 1), or the run's last step."""
+    return min(decay_steps - 1, max((int(r["step"]) for r in history), default=0))
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:

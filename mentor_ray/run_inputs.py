@@ -53,32 +53,58 @@ def _resolve(path: str | None, toy_paths: dict[str, str], key: str) -> str | Non
 
 
 def make_run_dir(config: MentorConfig) -> Path:
+    """The run's folder: logging.run_name (reused if it exists: a resume finds itself there),
+    else a new `<algorithm>-<time>` folder, suffixed when runs start in the same second."""
     algorithm = "mentor" if config.guided else "grpo"
-    name = config.logging.run_name or time.strftime(f"{algorithm}-%Y%m%d-%H%M%S")
-    run_dir = Path(config.logging.run_root).expanduser().resolve() / name
+    root = Path(config.logging.run_root).expanduser().resolve()
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        if config.logging.run_name:
+            run_dir = root / config.logging.run_name
+            run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            run_dir = _new_folder(root, time.strftime(f"{algorithm}-%Y%m%d-%H%M%S"))
         probe = run_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise ConfigError(f"logging.run_root={config.logging.run_root!r}: run folder {run_dir} is not writable ({error})") from error
+        raise ConfigError(f"logging.run_root={config.logging.run_root!r}: a run folder is not writable under {root} ({error})") from error
     return run_dir
+
+
+def _new_folder(root: Path, stem: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        folder = root / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise OSError(f"no free run folder name {stem}-N under {root}")
+
+
+def _toy_paths() -> dict[str, str]:
+    from mentor_ray.toy_world import build_toy_world
+
+    world = build_toy_world(seed=0)
+    return {"policy": str(world.policy_dir), "expert": str(world.expert_dir), "train": str(world.train_path), "eval": str(world.eval_path)}
+
+
+def resolve_model_dir(path: str, key: str) -> str:
+    """A model folder named by a config key: a path, or a toy-world item."""
+    folder = _resolve(path, _toy_paths() if path.startswith(TOY_SCHEME) else {}, key)
+    if not (Path(folder) / "config.json").is_file():
+        raise ConfigError(f"{key}={path!r}: not a model folder (no config.json there)")
+    return folder
 
 
 def resolve_run_paths(config: MentorConfig, run_dir: Path) -> RunPaths:
     toy_paths: dict[str, str] = {}
     system_prompt = config.data.system_prompt
     if _uses_toy(config):
-        from mentor_ray.toy_world import TOY_SYSTEM_PROMPT, build_toy_world
+        from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
 
-        world = build_toy_world(seed=0)
-        toy_paths = {
-            "policy": str(world.policy_dir),
-            "expert": str(world.expert_dir),
-            "train": str(world.train_path),
-            "eval": str(world.eval_path),
-        }
+        toy_paths = _toy_paths()
         if system_prompt is None and config.data.train_path.startswith(TOY_SCHEME):
             system_prompt = TOY_SYSTEM_PROMPT
     policy_dir = _resolve(config.model.policy_path, toy_paths, "model.policy_path")

@@ -10,40 +10,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
 from mentor_ray.config import load_config
-from mentor_ray.metrics import read_metrics
+from mentor_ray.metrics import end_of_guidance_step, mean_of, read_metrics, window_mean
 from mentor_ray.plots import plot_runs
 from pipelines.train import DEFAULT_RECIPE, run_training
-
-
-def _mean(values: list[float]) -> float:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def _window_mean(history: list[dict], key: str, last_step: int, width: int = 3) -> float:
-    """Mean of a metric over the `width` steps ending at `last_step` (one step is noisy)."""
-    return _mean([r.get(key) for r in history if last_step - width < r["step"] <= last_step])
 
 
 def comparison(mentor: list[dict], grpo: list[dict], decay_steps: int) -> dict[str, float]:
     guided = [r for r in mentor if r.get("rollout/mixed_samples", 0) > 0]
     validations = [r for r in mentor if "val/greedy_accuracy" in r]
-    end_of_guidance = min(decay_steps - 1, max(r["step"] for r in mentor))
+    end_of_guidance = end_of_guidance_step(mentor, decay_steps)
     return {
         "guided_steps": len(guided),
-        "mixed_reward_while_guided": _mean([r["rollout/mixed_reward"] for r in guided]),
-        "on_policy_reward_while_guided": _mean([r["rollout/on_policy_reward"] for r in guided]),
+        "mixed_reward_while_guided": mean_of([r["rollout/mixed_reward"] for r in guided]),
+        "on_policy_reward_while_guided": mean_of([r["rollout/on_policy_reward"] for r in guided]),
         "initial_val_accuracy": validations[0]["val/greedy_accuracy"] if validations else float("nan"),
         "final_val_accuracy": validations[-1]["val/greedy_accuracy"] if validations else float("nan"),
         "end_of_guidance_step": end_of_guidance,
-        "mentor_entropy_end_of_guidance": _window_mean(mentor, "rollout/entropy_mean", end_of_guidance),
-        "grpo_entropy_end_of_guidance": _window_mean(grpo, "rollout/entropy_mean", end_of_guidance),
+        "mentor_entropy_end_of_guidance": window_mean(mentor, "rollout/entropy_mean", end_of_guidance),
+        "grpo_entropy_end_of_guidance": window_mean(grpo, "rollout/entropy_mean", end_of_guidance),
         "grpo_final_val_accuracy": next((r["val/greedy_accuracy"] for r in reversed(grpo) if "val/greedy_accuracy" in r), float("nan")),
     }
 

@@ -94,7 +94,9 @@ class DriverConsole:
         """A queue the loop writes its lines to; a driver thread prints them."""
         from ray.util.queue import Queue
 
-        self._queue = Queue(actor_options={"num_cpus": 0})
+        from pipelines.resources import OUTSIDE_CALLER_PLACEMENT_GROUP
+
+        self._queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": OUTSIDE_CALLER_PLACEMENT_GROUP})
         self._thread = threading.Thread(target=self._relay, name="console-relay", daemon=True)
         self._thread.start()
         return ConsoleLines(self._queue)

@@ -45,6 +45,26 @@ from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
 CLIENT_STATE_FILE = "loop_state.json"
 # Written by rank 0 when the loop stops on purpose (too many NaN updates); the driver reads it.
 STOP_FILE = "stopped.json"
+# Steps in the running mean of on-policy accuracy, the objective reported every step.
+OBJECTIVE_WINDOW = 5
+
+
+def objective_metrics(state: dict[str, Any], metrics: dict[str, float]) -> dict[str, float]:
+    """Numbers a sweep can rank a run by at every step, not only at validation steps:
+    `objective/running_accuracy`, the mean on-policy sampled accuracy of the last
+    OBJECTIVE_WINDOW steps (the policy's own samples, so MENTOR and GRPO runs compare alike),
+    and `objective/val_accuracy`, the latest greedy validation accuracy (step 0's at first).
+    Updates `state`, which the checkpoint keeps, so a resumed run continues the same means."""
+    accuracy = metrics.get("rollout/on_policy_accuracy")
+    if accuracy is not None and not math.isnan(accuracy):
+        state["accuracy_window"] = (state["accuracy_window"] + [float(accuracy)])[-OBJECTIVE_WINDOW:]
+    if "val/greedy_accuracy" in metrics:
+        state["val_accuracy"] = float(metrics["val/greedy_accuracy"])
+    window = state["accuracy_window"]
+    return {
+        "objective/running_accuracy": sum(window) / len(window) if window else 0.0,
+        "objective/val_accuracy": state["val_accuracy"] if state["val_accuracy"] is not None else float("nan"),
+    }
 
 
 def _broadcast(value: Any) -> Any:
@@ -128,7 +148,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     mini_batch_count = config.rollout.prompts_per_step // config.optimizer.mini_batch_prompts
     prompts_per_batch = rollout_batch_prompts(config)
 
-    state = {"step": 0, "entropy_threshold": config.guidance.tau_init, "skipped_updates": 0, "elapsed_seconds": 0.0}
+    state = {
+        "step": 0, "entropy_threshold": config.guidance.tau_init, "skipped_updates": 0, "elapsed_seconds": 0.0,
+        "accuracy_window": [], "val_accuracy": None,
+    }
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and loop_config.get("resume_from"):
         checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
@@ -152,6 +175,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if is_chief and state["step"] == 0 and eval_problems and config.eval.every_steps:
         # Step 0: the initial policy's validation, so every later number has its baseline.
         initial = evaluate_policy(eval_problems, config, roles, 0, weights_version)
+        state["val_accuracy"] = initial.get("val/greedy_accuracy")
         for sink in sinks:
             sink.log(0, initial)
         console.say(f"step 0/{config.total_steps} | initial policy val {initial.get('val/greedy_accuracy', float('nan')):.3f}")
@@ -250,6 +274,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics.update(evaluate_policy(eval_problems, config, roles, step, weights_version))
             metrics["time/validate_seconds"] = time.perf_counter() - validate_started
 
+        metrics.update(objective_metrics(state, metrics))
         step_seconds = time.perf_counter() - step_started
         metrics["time/step_seconds"] = step_seconds
         metrics.update(orchestration_metrics(metrics))
@@ -260,20 +285,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 sink.log(step, metrics)
             console.say(_console_line(step, config.total_steps, metrics, step_seconds, eta))
 
-        # 6. Checkpoint (every rank writes its DeepSpeed shard into one folder).
+        # 6. Checkpoint (every rank writes its DeepSpeed shard into one folder). The report
+        # carries the step: a sweep's scheduler counts steps, not reports (a resumed run
+        # reports some steps twice).
+        report = {**metrics, "step": step}
         if step % config.checkpoint.every_steps == 0 or step == config.total_steps:
             with tempfile.TemporaryDirectory() as folder:
                 learner.save_checkpoint(Path(folder) / "deepspeed", client_state=dict(state))
                 if is_chief:
                     (Path(folder) / CLIENT_STATE_FILE).write_text(json.dumps(state))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(folder))
         else:
-            ray.train.report(metrics)
+            ray.train.report(report)
 
     if stop_reason is None:
         learner.save_hf(run_dir / "final_model")
     elif is_chief:
         (run_dir / STOP_FILE).write_text(json.dumps({"reason": stop_reason}))
-        console.say(stop_reason)
     for sink in sinks:
         sink.close()

@@ -29,6 +29,7 @@ from mentor_ray.rollout.engines import (
     MixedEngine,
     SamplingSpec,
 )
+from pipelines.resources import GRADER_CPUS, OUTSIDE_CALLER_PLACEMENT_GROUP
 
 
 class WeightStore:
@@ -213,6 +214,7 @@ def _engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_store:
         # Restart a dead engine and resubmit its in-flight call there (see module docstring).
         max_restarts=-1,
         max_task_retries=-1,
+        scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP,
     ).remote(kind, engine_kwargs, weight_store)
 
 
@@ -220,7 +222,7 @@ def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str |
     """Starts the run's actors. wait=False returns at once, so the learners start while the
     engines import vLLM and warm up (their first use waits for them); `check_engines` then
     names an engine that could not start."""
-    weight_store = ray.remote(WeightStore).options(num_cpus=0).remote()
+    weight_store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP).remote()
     policy_engines = [
         _engine_actor("policy", {"model_dir": policy_dir, "settings": engine_settings(config, i)}, weight_store, config)
         for i in range(config.scaling.num_policy_engines)
@@ -241,7 +243,7 @@ def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str |
     reward_weights = RewardWeights(accuracy=config.reward.accuracy_weight, format=config.reward.format_weight)
     reward_actors = [
         ray.remote(RewardActor)
-        .options(num_cpus=0.5, max_restarts=-1, max_task_retries=-1)
+        .options(num_cpus=GRADER_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP)
         .remote(reward_weights, config.reward.timeout_s, config.reward.num_processes)
     ]
     roles = RolloutRoles(policy_engines, mixed_engines, reward_actors, weight_store)

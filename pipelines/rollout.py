@@ -25,6 +25,7 @@ import torch
 
 from mentor_ray.core.advantages import mentor_advantages
 from mentor_ray.rollout.requests import PROMPT_TOO_LONG, SamplingSpec
+from pipelines.resources import STAGE_TASK_CPUS
 
 if TYPE_CHECKING:
     from pipelines.roles import RolloutRoles
@@ -189,7 +190,7 @@ def warm_up_stage_workers() -> None:
     """Pays Ray Data's first-use costs (its stats actor, a task worker that has imported this
     module) while the engines and learners start, not inside the first step (4.8 s of it)."""
     ray.data.from_items([{"prompt_index": 0}]).map_batches(
-        _pass_through, batch_format="pandas", num_cpus=0.1
+        _pass_through, batch_format="pandas", num_cpus=STAGE_TASK_CPUS
     ).materialize()
 
 
@@ -213,7 +214,7 @@ def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRo
         ray.data.from_items(items, override_num_blocks=max(1, len(items) // plan.prompts_per_batch))
         .map_batches(
             _rollout_batch, fn_args=(roles.policy_engines, roles.mixed_engines, roles.reward_actors, plan),
-            batch_size=plan.prompts_per_batch, batch_format="pandas", num_cpus=0.1,
+            batch_size=plan.prompts_per_batch, batch_format="pandas", num_cpus=STAGE_TASK_CPUS,
             compute=ray.data.TaskPoolStrategy(size=2 * engines),
         )
         .to_pandas()

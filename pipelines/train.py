@@ -31,24 +31,11 @@ class RunSummary:
     stopped: str | None = None
 
 
-class RunStopped(RuntimeError):
-    """The loop stopped itself (too many NaN updates); the run folder keeps everything up to then."""
-
-
 def _preflight(config, ray_module) -> None:
     """Refuse, before any work, a config the cluster cannot run."""
-    from mentor_ray.config import ConfigError
+    from pipelines.resources import check_fits
 
-    resources = ray_module.cluster_resources()
-    if config.scaling.use_gpu:
-        engines = config.scaling.num_policy_engines + (config.scaling.num_mixed_engines if config.guided else 0)
-        needed = engines * config.scaling.gpus_per_engine + config.scaling.num_learner_workers
-        available = resources.get("GPU", 0)
-        if needed > available:
-            raise ConfigError(
-                f"scaling: {engines} engines x {config.scaling.gpus_per_engine} GPUs + "
-                f"{config.scaling.num_learner_workers} learner workers need {needed} GPUs; the cluster has {available:g}"
-            )
+    check_fits(config, ray_module.cluster_resources())
 
 
 def find_checkpoint(path: str) -> Path:
@@ -107,11 +94,38 @@ def summary_line(summary: RunSummary) -> str:
     return " | ".join(parts)
 
 
-def run_training(
-    config, *, ray_address: str | None = None, nan_loss_at_steps: tuple[int, ...] = (), verbose: bool = False
-) -> RunSummary:
-    """Runs the loop to the end; raises RunStopped if it stopped itself, ConfigError before any work.
+def connect_ray(config, address: str | None = None, log_to_driver: bool = True) -> None:
+    """Joins the Ray cluster at `address` (or RAY_ADDRESS), else starts a local instance.
+    A no-op where Ray is already up, as inside a Tune trial."""
+    import ray
 
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
+    else:
+        ray.init(
+            num_cpus=config.scaling.local_num_cpus,
+            include_dashboard=False,
+            log_to_driver=log_to_driver,
+            runtime_env={"worker_process_setup_hook": "pipelines.train.quiet_state_api_warnings"},
+        )
+
+
+def run_training(
+    config,
+    *,
+    ray_address: str | None = None,
+    callbacks: tuple = (),
+    nan_loss_at_steps: tuple[int, ...] = (),
+    verbose: bool = False,
+) -> RunSummary:
+    """One whole loop from a typed config; returns its summary. The CLI and a Tune trial both
+    call this. A loop that stops itself (too many NaN updates) returns too, with
+    `summary.stopped` saying why; a config that cannot run raises ConfigError before any work.
+
+    callbacks: Ray Train callbacks (a Tune trial passes the one that forwards each step's report).
     nan_loss_at_steps: fault injection for tests (those steps' losses are made NaN).
     verbose: library logs on the console instead of the run folder's run.log.
     """
@@ -128,12 +142,15 @@ def run_training(
     console.say(_start_line(config, run_dir, paths))
     console.quiet_libraries()
     try:
-        return _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_steps, started)
+        summary = _run(config, run_dir, paths, resume_from, console, ray_address, tuple(callbacks), nan_loss_at_steps, started)
+        if summary.stopped is not None:
+            console.say(f"stopped: {summary.stopped}; run folder {summary.run_dir}")
+        return summary
     finally:
         console.close()
 
 
-def _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_steps, started) -> RunSummary:
+def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, nan_loss_at_steps, started) -> RunSummary:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -156,17 +173,7 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_
         )
         data_counts.update(eval_counts)
 
-    if not ray.is_initialized():
-        address = ray_address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=console.log_to_driver)
-        else:
-            ray.init(
-                num_cpus=config.scaling.local_num_cpus,
-                include_dashboard=False,
-                log_to_driver=console.log_to_driver,
-                runtime_env={"worker_process_setup_hook": "pipelines.train.quiet_state_api_warnings"},
-            )
+    connect_ray(config, ray_address, log_to_driver=console.log_to_driver)
     console.link_ray_logs()
     _preflight(config, ray)
     # A reused run folder may hold an earlier run's stop marker; only this run's may count.
@@ -199,6 +206,7 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_
                 storage_path=str(run_dir),
                 failure_config=FailureConfig(max_failures=2),
                 checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep_last),
+                callbacks=list(callbacks),
             ),
         )
         result = trainer.fit()
@@ -220,8 +228,6 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, nan_loss_at_
         metrics={**data_counts, **{k: v for k, v in last.items() if k != "step"}},
     )
     (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
-    if stopped is not None:
-        raise RunStopped(f"{stopped}; run folder {run_dir}")
     return summary
 
 
@@ -242,8 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except RunStopped as error:
-        print(f"stopped: {error}", file=sys.stderr)
+    if summary.stopped is not None:
         return 1
     print(summary_line(summary), flush=True)
     return 0

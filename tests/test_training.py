@@ -221,7 +221,6 @@ def test_nan_updates_are_skipped_then_stop_the_run(toy_world, tmp_path):
     import ray
 
     from pipelines.loop import CLIENT_STATE_FILE
-    from pipelines.train import RunStopped
 
     # 2 optimizer steps per RL step: step 2 skips 2 (allowed), step 3 skips 2 more (4 > 2: stop).
     config = _config(
@@ -229,10 +228,11 @@ def test_nan_updates_are_skipped_then_stop_the_run(toy_world, tmp_path):
         "checkpoint.keep_last=3", "max_skipped_updates=2",
     )
     try:
-        with pytest.raises(RunStopped, match=r"step 3: 4 updates skipped for a NaN/inf loss"):
-            run_training(config, nan_loss_at_steps=(2, 3))
+        summary = run_training(config, nan_loss_at_steps=(2, 3))
     finally:
         ray.shutdown()
+    assert summary.stopped is not None and summary.stopped.startswith("step 3: 4 updates skipped for a NaN/inf loss")
+    assert summary.final_model == ""
     run_dir = tmp_path / "nan-stop"
     history = read_metrics(run_dir / "metrics.jsonl")
     assert [r["step"] for r in history] == [1, 2, 3]
@@ -284,6 +284,11 @@ def test_unnamed_run_folders_say_which_algorithm(tmp_path):
 
     assert make_run_dir(_config(tmp_path)).name.startswith("mentor-")
     assert make_run_dir(_config(tmp_path, "rollout.n_mixed=0")).name.startswith("grpo-")
+    assert make_run_dir(_config(tmp_path, "logging.run_name=mine")).name == "mine"
+    # Two unnamed runs started in the same second (concurrent trials) get their own folders;
+    # a named one is reused (that is how a resumed run finds itself).
+    first, second = make_run_dir(_config(tmp_path)), make_run_dir(_config(tmp_path))
+    assert first != second and first.parent == second.parent
     assert make_run_dir(_config(tmp_path, "logging.run_name=mine")).name == "mine"
 
 

@@ -1,0 +1,422 @@
+"""`python -m tuning.sweep --config tuning/sweeps/toy.yaml`: Ray Tune over whole MENTOR runs.
+
+Each trial is one whole RL run (its own engines, graders and TorchTrainer), started by a small
+trial driver that forwards the run's per-step reports to Tune (Ray's Train-inside-Tune
+pattern). Optuna proposes the parameters; ASHA stops trials whose objective lags at its rungs.
+The experiment folder `<storage>/<name>/` holds Tune's state, every trial's run folder
+(`runs/trial-<id>/`, named without timestamps so a restored trial finds its checkpoints) and
+`trials.json`, this sweep's ledger of every trial's parameters, status and error, which
+`python -m tuning.report` reads.
+
+Run the same command again after an interruption: it restores the sweep with
+`Tuner.restore`, keeps finished trials and continues the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.tune import Callback
+
+from mentor_ray.config import ConfigError, MentorConfig
+from tuning.space import SweepSpec, check_sweep, full_points, load_sweep, trial_config, tune_search_space
+
+DEFAULT_SWEEP = Path(__file__).parent / "sweeps" / "toy.yaml"
+LEDGER_FILE = "trials.json"
+SPEC_FILE = "sweep.yaml"
+SUMMARY_FILE = "sweep_summary.json"
+RUNS_FOLDER = "runs"
+# What Tune reserves for a trial's driver (the function that starts the run's actors).
+TRIAL_DRIVER_CPUS = 0.1
+
+
+def trial_run_name(trial_id: str) -> str:
+    return f"trial-{trial_id}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One trial: one whole run.
+
+
+def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
+    """Tune's trainable: builds the trial's config and runs the loop; every step the run
+    reports (through Ray Train) is forwarded to Tune by TuneReportCallback."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.train import run_training
+
+    trial_id = tune.get_context().get_trial_id()
+    config = trial_config(spec, params, run_root=str(spec.experiment_dir / RUNS_FOLDER), run_name=trial_run_name(trial_id))
+    run_training(config, callbacks=(TuneReportCallback(),))
+
+
+# ---------------------------------------------------------------------------------------------
+# What a person sees, and the ledger the report reads.
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    params: dict[str, Any]
+    run_dir: str
+    status: str = "running"  # running, finished, stopped by ASHA, stopped (NaN), failed
+    steps: int = 0
+    error: str | None = None
+    last: dict[str, float] = field(default_factory=dict)
+
+
+def _error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        text = Path(path).read_text().strip()
+        # Tune's file holds the remote traceback; its last line names the error.
+        return text.splitlines()[-1] if text else "unknown error"
+    return "unknown error (see the trial folder)"
+
+
+def _short(params: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k.split('.')[-1]}={fmt(v)}" for k, v in params.items())
+
+
+class SweepLedger:
+    """Every trial's parameters, status and last numbers, kept in trials.json as they change."""
+
+    def __init__(self, experiment_dir: Path, total_steps: int) -> None:
+        self.path = experiment_dir / LEDGER_FILE
+        self.experiment_dir = experiment_dir
+        self.total_steps = total_steps
+        self.records: dict[str, TrialRecord] = {}
+        if self.path.is_file():
+            for row in json.loads(self.path.read_text()):
+                self.records[row["trial_id"]] = TrialRecord(**row)
+
+    def save(self) -> None:
+        rows = [asdict(r) for r in sorted(self.records.values(), key=lambda r: r.trial_id)]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows, indent=1))
+        tmp.replace(self.path)
+
+    def record(self, trial) -> TrialRecord:
+        record = self.records.get(trial.trial_id)
+        if record is None:
+            run_dir = self.experiment_dir / RUNS_FOLDER / trial_run_name(trial.trial_id)
+            record = TrialRecord(trial.trial_id, dict(trial.config), str(run_dir))
+            self.records[trial.trial_id] = record
+        return record
+
+    def finish(self, trial, failed: bool) -> TrialRecord:
+        record = self.record(trial)
+        last = trial.last_result or {}
+        record.steps = int(last.get("step", record.steps) or 0)
+        record.last = {k: float(v) for k, v in last.items() if "/" in k and isinstance(v, (int, float))}
+        stopped = Path(record.run_dir) / "stopped.json"
+        if failed:
+            record.status, record.error = "failed", _error_text(trial)
+        elif stopped.is_file():
+            record.status = "stopped (NaN)"
+            record.error = json.loads(stopped.read_text()).get("reason")
+        elif record.steps < self.total_steps:
+            record.status = "stopped by ASHA"
+        else:
+            record.status = "finished"
+        self.save()
+        return record
+
+    def done(self) -> list[TrialRecord]:
+        return [r for r in self.records.values() if r.status != "running"]
+
+
+class SweepConsole(Callback):
+    """One line when a trial starts, at each of its validation steps, and when it ends; keeps
+    the ledger. Tune pickles its callbacks with the experiment state, so the console stream is
+    attached at run time (`attach`) and dropped from the pickle."""
+
+    def __init__(self, experiment_dir: Path, total_steps: int, num_trials: int, objective: str) -> None:
+        self.experiment_dir = Path(experiment_dir)
+        self.total_steps = total_steps
+        self.num_trials = num_trials
+        self.objective = objective
+        self._say = print
+        self._ledger: SweepLedger | None = None
+        self._started = time.perf_counter()
+        self._done_at_start = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_say"], state["_ledger"] = None, None
+        return state
+
+    def attach(self, say) -> SweepLedger:
+        self._say = say
+        self._ledger = SweepLedger(self.experiment_dir, self.total_steps)
+        self._started = time.perf_counter()
+        self._done_at_start = len(self._ledger.done())
+        return self._ledger
+
+    @property
+    def ledger(self) -> SweepLedger:
+        if self._ledger is None:
+            self.attach(self._say or print)
+        return self._ledger
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        record = self.ledger.record(trial)
+        record.status = "running"
+        self.ledger.save()
+        self._say(f"trial {trial.trial_id} started | {_short(record.params)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "val/greedy_accuracy" in result:
+            self._say(
+                f"trial {trial.trial_id} step {int(result.get('step', 0))}/{self.total_steps} | "
+                f"val {result['val/greedy_accuracy']:.3f} | running acc {result.get('objective/running_accuracy', float('nan')):.3f}"
+            )
+
+    def _ended(self, trial, failed: bool) -> None:
+        record = self.ledger.finish(trial, failed)
+        done = len(self.ledger.done())
+        elapsed = time.perf_counter() - self._started
+        eta = elapsed / max(done - self._done_at_start, 1) * max(self.num_trials - done, 0)
+        value = record.last.get(self.objective)
+        detail = record.error if record.error else (f"{self.objective} {value:.3f}" if value is not None else "")
+        self._say(
+            f"trial {trial.trial_id} {record.status} after {record.steps} steps | {detail} | "
+            f"{done}/{self.num_trials} trials done | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+        )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial, failed=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, failed=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources: what a trial needs, and how many fit at once.
+
+
+def trial_needs(spec: SweepSpec):
+    """The most any trial of this sweep needs, its driver included: engines depend on the
+    guidance ratio (ratio 0 starts no mixed engine), so every value of every parameter is looked at."""
+    from pipelines.resources import run_needs
+
+    configs: list[MentorConfig] = [trial_config(spec, {})]
+    for parameter in spec.parameters:
+        configs += [trial_config(spec, {parameter.key: v}) for v in parameter.values]
+    needs = max((run_needs(c) for c in configs), key=lambda n: (n.gpus, n.cpus))
+    return dataclasses.replace(needs, cpus=round(needs.cpus + TRIAL_DRIVER_CPUS, 6))
+
+
+def concurrent_trials(spec: SweepSpec, resources: dict[str, float]) -> tuple[int, Any]:
+    needs = trial_needs(spec)
+    fit = needs.copies_that_fit(resources)
+    if fit < 1:
+        raise ConfigError(
+            f"{spec.source}: one trial needs {needs.describe()}; the cluster has "
+            f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs"
+        )
+    cap = spec.search.max_concurrent_trials
+    return (min(fit, cap) if cap else fit), needs
+
+
+def leftover_resources(wait_s: float = 30.0) -> dict[str, list[str]]:
+    """Placement groups and engine/learner actors still alive once every trial has ended.
+    Ray Train's worker placement groups outlive a killed trial driver unless its cleaner removes
+    them (ray-project/ray issue 54305); waits up to wait_s for Ray's own cleanup first."""
+    import ray
+    from ray._private import state as ray_state
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        groups = [pg_id for pg_id, info in ray.util.placement_group_table().items() if info.get("state") != "REMOVED"]
+        actors = [
+            f"{info.get('ActorClassName', info.get('class_name', '?'))}:{actor_id}"
+            for actor_id, info in ray_state.actors().items()
+            if info.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING", 2, 1)
+            and any(name in str(info.get("ActorClassName", "")) for name in ("RolloutEngineActor", "RewardActor", "RayTrainWorker", "TrainController"))
+        ]
+        if (not groups and not actors) or time.monotonic() > deadline:
+            return {"placement_groups": groups, "actors": actors}
+        time.sleep(1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep.
+
+
+@dataclass
+class SweepOutcome:
+    experiment_dir: str
+    trials: list[TrialRecord]
+    seconds: float
+    concurrent_trials: int
+    resumed: bool
+    leftovers: dict[str, list[str]]
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.trials:
+            counts[record.status] = counts.get(record.status, 0) + 1
+        return counts
+
+
+def _searcher(spec: SweepSpec):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    objectives = spec.search.objectives
+    metric: Any = objectives[0].metric if len(objectives) == 1 else [o.metric for o in objectives]
+    mode: Any = objectives[0].mode if len(objectives) == 1 else [o.mode for o in objectives]
+    if spec.search.algorithm == "random":
+        sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
+    elif len(objectives) > 1:
+        sampler = optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=False)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=spec.search.seed)
+    return OptunaSearch(metric=metric, mode=mode, points_to_evaluate=full_points(spec) or None, sampler=sampler)
+
+
+def _scheduler(spec: SweepSpec, total_steps: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if spec.asha is None:
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr="step", metric=spec.asha.metric, mode=spec.asha.mode, max_t=total_steps,
+        grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
+    )
+
+
+def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool = False, say=print) -> SweepOutcome:
+    """Runs (or resumes) the sweep to the end. Refuses a bad sweep before any trial starts."""
+    from ray import tune
+
+    from pipelines.console import DriverConsole
+    from pipelines.train import connect_ray
+
+    check_sweep(spec)
+    started = time.perf_counter()
+    experiment_dir = spec.experiment_dir
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    resumed = tune.Tuner.can_restore(str(experiment_dir))
+    saved = experiment_dir / SPEC_FILE
+    if resumed and saved.is_file() and yaml.safe_load(saved.read_text()) != spec_as_yaml(spec):
+        raise ConfigError(
+            f"{spec.source}: {experiment_dir} holds a sweep with other settings ({saved}); "
+            "run that file to resume it, or give this sweep another name"
+        )
+    saved.write_text(yaml.safe_dump(spec_as_yaml(spec), sort_keys=False))
+    base = trial_config(spec, {})
+    console = DriverConsole(experiment_dir, verbose=verbose)
+    console.quiet_libraries()
+    try:
+        connect_ray(base, ray_address, log_to_driver=console.log_to_driver)
+        import ray
+
+        concurrency, needs = concurrent_trials(spec, ray.cluster_resources())
+        objective = spec.search.objectives[0].metric
+        sweep_console = SweepConsole(experiment_dir, base.total_steps, spec.search.num_trials, objective)
+        ledger = sweep_console.attach(console.say)
+        console.say(
+            f"sweep {spec.name} | {'resuming' if resumed else 'starting'} in {experiment_dir} | "
+            f"{spec.search.num_trials} trials ({len(ledger.done())} done), {concurrency} at a time "
+            f"(each needs {needs.describe()}) | {base.total_steps} steps each | "
+            f"search {spec.search.algorithm} on {objective} | "
+            + (f"ASHA on {spec.asha.metric} from step {spec.asha.grace_period}" if spec.asha else "no early stopping")
+            + f" | log {experiment_dir / 'run.log'}"
+        )
+        trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": TRIAL_DRIVER_CPUS})
+        if resumed:
+            tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=False, restart_errored=False)
+            # The restored run config carries an unpickled SweepConsole without a console:
+            # attach this one (Tuner has no public way to hand callbacks to a restore).
+            restored = tuner._local_tuner.get_run_config()
+            restored.callbacks = [c for c in restored.callbacks or [] if not isinstance(c, SweepConsole)] + [sweep_console]
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=tune_search_space(spec),
+                tune_config=tune.TuneConfig(
+                    search_alg=_searcher(spec), scheduler=_scheduler(spec, base.total_steps),
+                    num_samples=spec.search.num_trials, max_concurrent_trials=concurrency,
+                    trial_name_creator=lambda trial: trial_run_name(trial.trial_id),
+                    trial_dirname_creator=lambda trial: trial_run_name(trial.trial_id),
+                ),
+                run_config=tune.RunConfig(
+                    name=spec.name, storage_path=str(experiment_dir.parent), callbacks=[sweep_console], verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+        tuner.fit()
+        leftovers = leftover_resources()
+        outcome = SweepOutcome(str(experiment_dir), sorted(ledger.records.values(), key=lambda r: r.trial_id),
+                               time.perf_counter() - started, concurrency, resumed, leftovers)
+        (experiment_dir / SUMMARY_FILE).write_text(json.dumps(asdict(outcome), indent=1))
+        console.say(summary_line(outcome, objective))
+        return outcome
+    finally:
+        console.close()
+
+
+def spec_as_yaml(spec: SweepSpec) -> dict[str, Any]:
+    """The sweep as a file again, with the base config's path made absolute: saved in the
+    experiment folder, and compared on resume so a changed sweep is not mixed into an old one."""
+    parameters = {}
+    for p in spec.parameters:
+        parameters[p.key] = {p.kind: list(p.values), **({"times": p.times} if p.times else {})}
+    return {
+        "name": spec.name,
+        "base_config": str(Path(spec.base_config).resolve()) if spec.base_config else None,
+        "overrides": dict(spec.overrides),
+        "parameters": parameters,
+        "points_to_evaluate": [dict(p) for p in spec.points_to_evaluate],
+        "search": {**asdict(spec.search), "objectives": [asdict(o) for o in spec.search.objectives]},
+        "asha": asdict(spec.asha) if spec.asha else None,
+        "storage": spec.storage,
+    }
+
+
+def summary_line(outcome: SweepOutcome, objective: str) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(outcome.counts().items()))
+    scored = [r for r in outcome.trials if r.status != "failed" and not math.isnan(r.last.get(objective, math.nan))]
+    best = max(scored, key=lambda r: r.last[objective], default=None)
+    parts = [f"sweep done: {len(outcome.trials)} trials in {outcome.seconds / 60:.1f} min ({counts})"]
+    if best is not None:
+        parts.append(f"best {objective} {best.last[objective]:.3f} by trial {best.trial_id} ({_short(best.params)})")
+    leaks = outcome.leftovers
+    if leaks["placement_groups"] or leaks["actors"]:
+        parts.append(f"LEFT OVER: {len(leaks['placement_groups'])} placement groups, {len(leaks['actors'])} actors")
+    parts.append(f"report: python -m tuning.report {outcome.experiment_dir}")
+    return " | ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=DEFAULT_SWEEP, help="sweep file (default: the toy-world sweep)")
+    parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
+    parser.add_argument("--verbose", action="store_true", help="show library logs on the console")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_sweep(args.config)
+        run_sweep(spec, ray_address=args.address, verbose=args.verbose)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
