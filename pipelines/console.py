@@ -71,6 +71,11 @@ class DriverConsole:
             os.dup2(self._log_file.fileno(), fd)
 
     @property
+    def console_fd(self) -> int:
+        """The file descriptor console lines go to (the real standard output)."""
+        return self._console.fileno() if self._console is not None else sys.stdout.fileno()
+
+    @property
     def log_to_driver(self) -> bool:
         return self.verbose
 

@@ -32,6 +32,7 @@ from mentor_ray.metrics import (
     entropy_metrics,
     mixture_metrics,
     orchestration_metrics,
+    read_metrics,
     rollout_metrics,
     rollout_time_metrics,
 )
@@ -298,6 +299,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         else:
             ray.train.report(report)
 
+    if first_step > config.total_steps:
+        # Resumed at the last step (a run interrupted after its final checkpoint): report the
+        # last step again, so whoever follows the reports (a Tune trial) sees how it ended.
+        history = read_metrics(run_dir / "metrics.jsonl") if is_chief and (run_dir / "metrics.jsonl").is_file() else []
+        ray.train.report(history[-1] if history else {})
     if stop_reason is None:
         learner.save_hf(run_dir / "final_model")
     elif is_chief:

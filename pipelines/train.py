@@ -94,9 +94,10 @@ def summary_line(summary: RunSummary) -> str:
     return " | ".join(parts)
 
 
-def connect_ray(config, address: str | None = None, log_to_driver: bool = True) -> None:
-    """Joins the Ray cluster at `address` (or RAY_ADDRESS), else starts a local instance.
-    A no-op where Ray is already up, as inside a Tune trial."""
+def connect_ray(config, address: str | None = None, log_to_driver: bool = True, dashboard: bool = False) -> None:
+    """Joins the Ray cluster at `address` (or RAY_ADDRESS), else starts a local instance
+    (without the dashboard unless asked: a single run does not need its state API, and it
+    costs start-up time). A no-op where Ray is already up, as inside a Tune trial."""
     import ray
 
     if ray.is_initialized():
@@ -107,7 +108,7 @@ def connect_ray(config, address: str | None = None, log_to_driver: bool = True) 
     else:
         ray.init(
             num_cpus=config.scaling.local_num_cpus,
-            include_dashboard=False,
+            include_dashboard=dashboard,
             log_to_driver=log_to_driver,
             runtime_env={"worker_process_setup_hook": "pipelines.train.quiet_state_api_warnings"},
         )

