@@ -3,10 +3,11 @@
 Each trial is one whole RL run (its own engines, graders and TorchTrainer), started by a small
 trial driver that forwards the run's per-step reports to Tune (Ray's Train-inside-Tune
 pattern). Optuna proposes the parameters; ASHA stops trials whose objective lags at its rungs.
-The experiment folder `<storage>/<name>/` holds Tune's state, every trial's run folder
-(`runs/trial-<id>/`, named without timestamps so a restored trial finds its checkpoints) and
-`trials.json`, this sweep's ledger of every trial's parameters, status and error, which
-`python -m tuning.report` reads.
+The experiment folder `<storage>/<name>/` holds Tune's state (`tune/`), every trial's run
+folder (`runs/trial-<id>/`, named without timestamps so a restored trial finds its
+checkpoints), `sweep.yaml` (the sweep as run), `trials.json` (this sweep's ledger of every
+trial's parameters, status and error, which `python -m tuning.report` reads), `run.log`
+(library output) and `sweep_summary.json`.
 
 Run the same command again after an interruption: it restores the sweep with
 `Tuner.restore`, keeps finished trials and continues the rest.
@@ -37,6 +38,9 @@ LEDGER_FILE = "trials.json"
 SPEC_FILE = "sweep.yaml"
 SUMMARY_FILE = "sweep_summary.json"
 RUNS_FOLDER = "runs"
+# Tune's own experiment folder, inside ours: Tune mirrors its folder from a staging copy and
+# would overwrite anything else kept there (the ledger, the ASHA rungs) with stale versions.
+TUNE_FOLDER = "tune"
 # What Tune reserves for a trial's driver (the function that starts the run's actors).
 TRIAL_DRIVER_CPUS = 0.1
 
@@ -353,7 +357,8 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
     started = time.perf_counter()
     experiment_dir = spec.experiment_dir
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    resumed = tune.Tuner.can_restore(str(experiment_dir))
+    tune_dir = experiment_dir / TUNE_FOLDER
+    resumed = tune.Tuner.can_restore(str(tune_dir))
     saved = experiment_dir / SPEC_FILE
     if resumed and saved.is_file() and yaml.safe_load(saved.read_text()) != spec_as_yaml(spec):
         raise ConfigError(
@@ -384,7 +389,7 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
         )
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": TRIAL_DRIVER_CPUS})
         if resumed:
-            tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_errored=False, restart_errored=False)
+            tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=False, restart_errored=False)
             # The restored run config carries the pickled SweepConsole of the first process,
             # whose console is gone: use this one (Tuner.restore takes no callbacks).
             restored = tuner._local_tuner.get_run_config()
@@ -400,7 +405,7 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
                     trial_dirname_creator=lambda trial: trial_run_name(trial.trial_id),
                 ),
                 run_config=tune.RunConfig(
-                    name=spec.name, storage_path=str(experiment_dir.parent), callbacks=[sweep_console], verbose=0,
+                    name=TUNE_FOLDER, storage_path=str(experiment_dir), callbacks=[sweep_console], verbose=0,
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
             )
@@ -470,4 +475,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, not this __main__ copy: Tune pickles the callback and
+    # the scheduler into its experiment state, and only classes of an importable module are
+    # pickled by reference (and so are the same classes again in a resuming process).
+    from tuning.sweep import main as sweep_main
+
+    sys.exit(sweep_main())
