@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -55,8 +56,11 @@ class DataConfig:
     problem_field: str = "problem"
     answer_field: str = "answer"
     id_field: str | None = None
-    # None: the paper's prompt for real data, the toy world's short one for toy:// data.
+    # The system message: your own text, or a named preset (mentor_ray.prompts.SYSTEM_PROMPTS:
+    # "paper" is the paper's Appendix B prompt, "careful" a shorter one of this project's).
+    # Neither set: the paper's prompt for real data, the toy world's own for toy:// data.
     system_prompt: str | None = None
+    system_prompt_preset: Literal["paper", "careful"] | None = None
     max_prompt_tokens: int = 1024
     shuffle: bool = True
 
@@ -65,6 +69,9 @@ class DataConfig:
             _problem(errors, f"{prefix}.max_prompt_tokens", self.max_prompt_tokens, "must be >= 1")
         if not self.train_path:
             _problem(errors, f"{prefix}.train_path", self.train_path, "must name a dataset")
+        if self.system_prompt is not None and self.system_prompt_preset is not None:
+            _problem(errors, f"{prefix}.system_prompt_preset", self.system_prompt_preset,
+                     "must be null when data.system_prompt gives the text itself")
 
 
 @dataclass
@@ -142,7 +149,11 @@ class OptimizerConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
-    mini_batch_prompts: int = 64  # prompts per optimizer step
+    mini_batch_prompts: int = 64  # prompts per optimizer step (when mini_batch_samples is null)
+    # Samples per optimizer step, as the official code counts its mini-batch (64 prompts x 8 =
+    # 512): a step's samples make ceil(samples / 512) optimizer steps (3 while guided with
+    # 128 x 12, 2 after), each of whole prompt groups. Null: mini_batch_prompts.
+    mini_batch_samples: int | None = None
     ppo_epochs: int = 1
     micro_batch_samples: int = 8  # sequences per forward/backward on one worker
 
@@ -158,6 +169,8 @@ class OptimizerConfig:
         for name in ("mini_batch_prompts", "ppo_epochs", "micro_batch_samples"):
             if getattr(self, name) < 1:
                 _problem(errors, f"{prefix}.{name}", getattr(self, name), "must be >= 1")
+        if self.mini_batch_samples is not None and self.mini_batch_samples < 1:
+            _problem(errors, f"{prefix}.mini_batch_samples", self.mini_batch_samples, "must be >= 1, or null")
 
 
 @dataclass
@@ -210,6 +223,10 @@ class ScalingConfig:
 class RewardConfig:
     accuracy_weight: float = 0.9
     format_weight: float = 0.1
+    # "strict" (this project's): one non-empty think block first, then a non-empty boxed
+    # answer; "official": the official code's looser rule, which also passes repeated or
+    # empty think blocks and an empty box (mentor_ray.rewards.FORMAT_RULES).
+    format_rule: Literal["strict", "official"] = "strict"
     timeout_s: float = 5.0
     num_processes: int = 2
 
@@ -300,6 +317,15 @@ class MentorConfig:
         learner = self.scaling.learner_threads or max(1, cores // self.scaling.num_learner_workers)
         return engine, learner
 
+    def mini_batch_count(self, samples: int, prompts: int) -> int:
+        """Optimizer steps for one RL step of `samples` samples over `prompts` prompts (each
+        mini-batch holds whole prompt groups, so never more than `prompts`)."""
+        if self.optimizer.mini_batch_samples is not None:
+            wanted = math.ceil(samples / self.optimizer.mini_batch_samples)
+        else:
+            wanted = self.rollout.prompts_per_step // self.optimizer.mini_batch_prompts
+        return max(1, min(wanted, prompts))
+
     @property
     def guided(self) -> bool:
         """Whether the run makes mixed-policy (expert-guided) rollouts: MENTOR, not plain GRPO."""
@@ -321,7 +347,7 @@ class MentorConfig:
         if self.guided and self.scaling.num_mixed_engines < 1:
             _problem(errors, "scaling.num_mixed_engines", self.scaling.num_mixed_engines,
                      "must be >= 1 when rollout.n_mixed > 0")
-        if self.rollout.prompts_per_step % self.optimizer.mini_batch_prompts != 0:
+        if self.optimizer.mini_batch_samples is None and self.rollout.prompts_per_step % self.optimizer.mini_batch_prompts != 0:
             _problem(errors, "optimizer.mini_batch_prompts", self.optimizer.mini_batch_prompts,
                      f"must divide rollout.prompts_per_step={self.rollout.prompts_per_step}")
         if self.data.max_prompt_tokens + self.rollout.max_response_tokens > self.model.max_model_len:
@@ -338,6 +364,10 @@ class MentorConfig:
 
 
 def _type_name(annotation: Any) -> str:
+    if annotation is type(None):
+        return "null"
+    if typing.get_origin(annotation) is Literal:
+        return f"one of {list(typing.get_args(annotation))}"
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 

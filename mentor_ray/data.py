@@ -62,7 +62,7 @@ class RawRow:
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    with path.open("r", encoding="utf-8", errors="replace") as handle:
+    with path.open("r", encoding="utf-8-sig", errors="replace") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue  # blank lines (a trailing newline) are not rows
@@ -79,7 +79,7 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
 
 def _read_json(path: Path, split: str) -> Iterator[RawRow]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8", errors="replace"))
+        document = json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
     if isinstance(document, dict) and isinstance(document.get(split), list):

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-DEFAULT_SYSTEM_PROMPT = (
+# The paper's system prompt (Appendix B; the official code's verl/utils/dataset.py, one line):
+# the default for real data, and what the paper recipes use.
+PAPER_SYSTEM_PROMPT = (
+    "You are a helpful AI Assistant that provides well-reasoned and detailed responses. You FIRST "
+    "think about the reasoning process as an internal monologue and then provide the final answer. "
+    "The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE "
+    "put in \\boxed{}."
+)
+# A shorter prompt of this project's own, with an example of the boxed answer.
+CAREFUL_SYSTEM_PROMPT = (
     "You are a careful mathematician. Think the problem through step by step inside "
     "<think> </think> tags. After </think>, state the final answer and put it inside "
     "\\boxed{}, for example \\boxed{42}."
 )
+# Named prompts (config: data.system_prompt_preset).
+SYSTEM_PROMPTS = {"paper": PAPER_SYSTEM_PROMPT, "careful": CAREFUL_SYSTEM_PROMPT}
+DEFAULT_SYSTEM_PROMPT = PAPER_SYSTEM_PROMPT
 
 
 def build_chat_prompt(

@@ -25,6 +25,7 @@ import re
 import resource
 import signal
 import time
+import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,8 +38,10 @@ BOXED_SCAN_WINDOW_CHARS = 10_000
 # recursion inside the LaTeX -> sympy parser.
 MAX_BOXED_NESTING = 64
 
-GradingStatus = Literal["ok", "no_answer", "timeout", "error"]
-GRADING_STATUSES: tuple[str, ...] = ("ok", "no_answer", "timeout", "error")
+GradingStatus = Literal["ok", "no_answer", "timeout", "error", "bad_reference"]
+# bad_reference: the dataset's answer itself cannot be parsed; counted apart from the model's
+# failures, and the problem is named to the user (the data needs fixing, not the policy).
+GRADING_STATUSES: tuple[str, ...] = ("ok", "no_answer", "timeout", "error", "bad_reference")
 
 DEFAULT_GRADING_FUNCTION = "mentor_ray.rewards:grade_accuracy"
 
@@ -151,6 +154,32 @@ def format_reward(response: str) -> float:
     return 1.0 if answer is not None and answer.strip() else 0.0
 
 
+_SPACE_AROUND_TAG_CHARS = re.compile(r"\s*([<>/])\s*")
+
+
+def official_format_reward(response: str) -> float:
+    r"""The official code's format rule (MENTOR.md section 5): strip whitespace around `<`, `>`
+    and `/`, then `<think>.*</think>.*\boxed\{.*\}.*` must match the whole text (dot matches
+    newlines). Repeated or empty think blocks and an empty box pass it. Checked with ordered
+    substring searches, which decide the same match in linear time (the regex could backtrack)."""
+    if not isinstance(response, str):
+        raise TypeError(f"official_format_reward expects str, got {type(response).__name__}")
+    text = _SPACE_AROUND_TAG_CHARS.sub(r"\1", response)
+    if not text.startswith("<think>"):
+        return 0.0
+    close = text.find("</think>", len("<think>"))
+    if close < 0:
+        return 0.0
+    box = text.find("\\boxed{", close + len("</think>"))
+    if box < 0:
+        return 0.0
+    return 1.0 if text.find("}", box + len("\\boxed{")) >= 0 else 0.0
+
+
+# Format rules by name (config: reward.format_rule).
+FORMAT_RULES: dict[str, Callable[[str], float]] = {"strict": format_reward, "official": official_format_reward}
+
+
 # ----------------------------------------------------------------------------------------------
 # Accuracy with math-verify (in-process; unbounded time: use RewardGrader for untrusted text)
 # ----------------------------------------------------------------------------------------------
@@ -167,7 +196,9 @@ def grade_accuracy(response: str, reference: str) -> tuple[float, str]:
     """(1.0 or 0.0, status) for the last boxed answer of response against reference.
 
     status is "ok" when both sides parsed (score says whether they match), "no_answer" when
-    the response has no usable boxed answer, "error" when the reference cannot be parsed.
+    the response has no usable boxed answer, "bad_reference" when the reference cannot be
+    parsed. Both answers are read in Unicode compatibility form (NFKC): a full-width
+    `\boxed{２}` is the 2 it displays.
     Runs math-verify with its signal-based timeouts off: call it where time is bounded
     from outside (RewardGrader's worker processes).
     """
@@ -185,24 +216,22 @@ def grade_accuracy(response: str, reference: str) -> tuple[float, str]:
     answer = extract_last_boxed(response)
     if answer is None or not answer.strip():
         return 0.0, "no_answer"
+    answer = unicodedata.normalize("NFKC", answer)
+    reference = unicodedata.normalize("NFKC", reference[-BOXED_SCAN_WINDOW_CHARS:])
     predicted = parse(
         "\\boxed{" + answer + "}", extraction_config=latex_only, parsing_timeout=None
     )
     if not predicted:
         return 0.0, "no_answer"
-    gold = parse(
-        _reference_as_latex(reference[-BOXED_SCAN_WINDOW_CHARS:]),
-        extraction_config=latex_only,
-        parsing_timeout=None,
-    )
+    gold = parse(_reference_as_latex(reference), extraction_config=latex_only, parsing_timeout=None)
     if not gold:
-        return 0.0, "error"
+        return 0.0, "bad_reference"
     matched = verify(gold, predicted, timeout_seconds=None)
     return (1.0 if matched else 0.0), "ok"
 
 
 # A plain integer, at most 64 digits: what most toy and many MATH/GSM8K answers are.
-_PLAIN_INTEGER = re.compile(r"[+-]?\d{1,64}")
+_PLAIN_INTEGER = re.compile(r"[+-]?[0-9]{1,64}")
 
 
 def grade_plain_integers(response: str, reference: str) -> tuple[float, str] | None:
@@ -212,7 +241,7 @@ def grade_plain_integers(response: str, reference: str) -> tuple[float, str] | N
     answer = extract_last_boxed(response)
     if answer is None or not answer.strip():
         return 0.0, "no_answer"
-    answer, gold = answer.strip(), reference.strip()
+    answer, gold = unicodedata.normalize("NFKC", answer).strip(), unicodedata.normalize("NFKC", reference[-BOXED_SCAN_WINDOW_CHARS:]).strip()
     if _PLAIN_INTEGER.fullmatch(answer) and _PLAIN_INTEGER.fullmatch(gold):
         return (1.0 if int(answer) == int(gold) else 0.0), "ok"
     return None
@@ -257,6 +286,7 @@ class GradingStats:
     no_answer: int = 0
     timeout: int = 0
     error: int = 0
+    bad_reference: int = 0
     slowest_seconds: float = 0.0
     # Worker processes started for this batch beyond the initial pool (kills, crashes).
     workers_replaced: int = 0
@@ -264,7 +294,7 @@ class GradingStats:
 
     @property
     def total(self) -> int:
-        return self.ok + self.no_answer + self.timeout + self.error
+        return self.ok + self.no_answer + self.timeout + self.error + self.bad_reference
 
     def count(self, status: str, seconds: float) -> None:
         if status not in GRADING_STATUSES:
@@ -309,7 +339,7 @@ def _normalize_grading_result(result: object) -> tuple[float, str]:
         score, status = result
     else:
         score, status = result, "ok"
-    if status not in ("ok", "no_answer", "error"):
+    if status not in ("ok", "no_answer", "error", "bad_reference"):
         raise ValueError(f"grading function returned unknown status {status!r}")
     score = float(score)  # type: ignore[arg-type]
     if not 0.0 <= score <= 1.0:
@@ -405,6 +435,7 @@ class RewardGrader:
         self,
         weights: RewardWeights = RewardWeights(),
         timeout_s: float = 5.0,
+        format_rule: str = "strict",
         num_processes: int = 2,
         grading_function: str = DEFAULT_GRADING_FUNCTION,
         start_method: str = "forkserver",
@@ -420,6 +451,9 @@ class RewardGrader:
                 f"RewardGrader start_method must be 'forkserver' or 'spawn', got {start_method!r}"
             )
         resolve_grading_function(grading_function)  # fail fast on a bad path, in the caller
+        if format_rule not in FORMAT_RULES:
+            raise ValueError(f"RewardGrader format_rule must be one of {sorted(FORMAT_RULES)}, got {format_rule!r}")
+        self.format_rule = format_rule
         self.weights = weights
         self.timeout_s = float(timeout_s)
         self.num_processes = num_processes
@@ -521,7 +555,7 @@ class RewardGrader:
                     f"grade: item {position} must be (str, str), got "
                     f"({type(response).__name__}, {type(reference).__name__})"
                 )
-        format_scores = [format_reward(response) for response in responses]
+        format_scores = [FORMAT_RULES[self.format_rule](response) for response in responses]
         accuracy: list[tuple[float, str, float] | None] = [None] * len(responses)
         stats = GradingStats()
         # The default grader's certain cases (no answer, integer vs integer) need no process

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mentor_ray.config import ConfigError, MentorConfig
 from mentor_ray.data import Problem, filter_long_prompts, load_problems
-from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, build_chat_prompt
+from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS, build_chat_prompt
 
 TOY_SCHEME = "toy://"
 
@@ -101,6 +101,8 @@ def resolve_model_dir(path: str, key: str) -> str:
 def resolve_run_paths(config: MentorConfig, run_dir: Path) -> RunPaths:
     toy_paths: dict[str, str] = {}
     system_prompt = config.data.system_prompt
+    if config.data.system_prompt_preset is not None:
+        system_prompt = SYSTEM_PROMPTS[config.data.system_prompt_preset]
     if _uses_toy(config):
         from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
 

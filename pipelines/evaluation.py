@@ -34,4 +34,7 @@ def evaluate_policy(
         metrics[f"val/{label}_format_rate"] = sum(r["format"] for r in rows) / max(1, len(rows))
         metrics[f"val/{label}_response_length"] = sum(len(r["response_token_ids"]) for r in rows) / max(1, len(rows))
         metrics[f"time/validate_{label}_seconds"] = output.seconds
+        # Problems whose reference answer cannot be parsed score 0 for every model: named in the
+        # training console, counted here so a validation number can be read with them in mind.
+        metrics[f"val/{label}_bad_references"] = float(len(output.bad_reference_problems))
     return metrics

@@ -146,7 +146,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     data_context.enable_auto_log_stats = False
     learner = PolicyLearner(paths.policy_dir, config, world_size, rank)
     schedule = PromptSchedule(len(train_problems), config.rollout.prompts_per_step, config.seed, config.data.shuffle)
-    mini_batch_count = config.rollout.prompts_per_step // config.optimizer.mini_batch_prompts
     prompts_per_batch = rollout_batch_prompts(config)
 
     state = {
@@ -180,6 +179,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for sink in sinks:
             sink.log(0, initial)
         console.say(f"step 0/{config.total_steps} | initial policy val {initial.get('val/greedy_accuracy', float('nan')):.3f}")
+    bad_references_told: set[str] = set()
     run_started = time.perf_counter() - state["elapsed_seconds"]
     first_step = state["step"] + 1
     stop_reason: str | None = None
@@ -209,6 +209,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["rollout/dropped_prompts"] = float(rollout.dropped_prompts)
             for status, count in rollout.grading.items():
                 metrics[f"reward/grading_{status}"] = float(count)
+            for problem_id in set(rollout.bad_reference_problems) - bad_references_told:
+                console.say(f"[data] problem {problem_id}: its reference answer cannot be parsed; its samples score 0 "
+                            "(counted in reward/grading_bad_reference)")
+                bad_references_told.add(problem_id)
             metrics["time/rollout_seconds"] = rollout.seconds
             metrics["time/rollout_tokens_per_second"] = rollout.generated_tokens / max(rollout.seconds, 1e-9)
             rows_ref = [ray.put(rollout.rows)]
@@ -217,8 +221,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if step in loop_config.get("nan_loss_at_steps", ()):
             # Fault injection for tests: a NaN advantage makes every loss of this step NaN.
             samples = [dataclasses.replace(s, advantage=float("nan")) for s in samples]
-        if len({s.group_id for s in samples}) < mini_batch_count:
-            raise RuntimeError(f"step {step}: too few prompts survived the rollout to fill {mini_batch_count} mini-batches")
+        surviving_prompts = len({s.group_id for s in samples})
+        if config.optimizer.mini_batch_samples is None and surviving_prompts < config.rollout.prompts_per_step // config.optimizer.mini_batch_prompts:
+            raise RuntimeError(f"step {step}: too few prompts survived the rollout to fill the mini-batches of optimizer.mini_batch_prompts")
+        mini_batch_count = config.mini_batch_count(len(samples), surviving_prompts)
 
         # 2. Old log-probs, entropies and the PPO update on this rank's shard.
         learn_started = time.perf_counter()

@@ -142,8 +142,8 @@ class RolloutEngineActor(EngineActor):
 class RewardActor:
     """A long-lived `RewardGrader` (its worker processes start once, in this actor)."""
 
-    def __init__(self, weights: RewardWeights, timeout_s: float, num_processes: int) -> None:
-        self.grader = RewardGrader(weights=weights, timeout_s=timeout_s, num_processes=num_processes)
+    def __init__(self, weights: RewardWeights, timeout_s: float, num_processes: int, format_rule: str = "strict") -> None:
+        self.grader = RewardGrader(weights=weights, timeout_s=timeout_s, num_processes=num_processes, format_rule=format_rule)
         self.busy = BusyClock()
 
     def grade(self, responses: list[str], references: list[str]):
@@ -244,7 +244,7 @@ def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str |
     reward_actors = [
         ray.remote(RewardActor)
         .options(num_cpus=GRADER_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP)
-        .remote(reward_weights, config.reward.timeout_s, config.reward.num_processes)
+        .remote(reward_weights, config.reward.timeout_s, config.reward.num_processes, config.reward.format_rule)
     ]
     roles = RolloutRoles(policy_engines, mixed_engines, reward_actors, weight_store)
     if wait:

@@ -66,6 +66,8 @@ class RolloutOutput:
     seconds: float
     generated_tokens: int = 0
     stats: dict[str, float] = field(default_factory=dict)
+    # Problems whose reference answer could not be parsed (graded 0, status bad_reference).
+    bad_reference_problems: list[str] = field(default_factory=list)
 
 
 def _stage_seed(seed: int, step: int, kind: str) -> int:
@@ -230,4 +232,8 @@ def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRo
         "scored_positions": float(frame["scored_positions"].sum()),
     }
     generated = int(sum(len(r["response_token_ids"]) for r in rows))
-    return RolloutOutput(rows, dropped_prompts, grading, mixture, time.perf_counter() - started, generated)
+    bad_references = sorted({str(v) for v in frame.loc[frame["grading_status"] == "bad_reference", "problem_id"]})
+    return RolloutOutput(
+        rows, dropped_prompts, grading, mixture, time.perf_counter() - started, generated,
+        bad_reference_problems=bad_references,
+    )

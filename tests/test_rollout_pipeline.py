@@ -95,6 +95,21 @@ def test_over_long_prompt_is_dropped_and_counted(setup):
     assert output.grading.get("dropped") == N_ON + N_MIXED
 
 
+def test_a_broken_reference_answer_is_named_and_counted_not_blamed_on_the_model(setup):
+    _, problems, roles = setup
+    prompts = _prompts(problems, 3)
+    broken = PromptRecord(3, "broken-7", "}{", prompts[0].prompt_token_ids)
+    output = run_rollout(prompts + [broken], _plan(), roles)
+    assert output.bad_reference_problems == ["broken-7"]
+    rows = [r for r in output.rows if r["problem_id"] == "broken-7"]
+    assert len(rows) == N_ON + N_MIXED and all(r["accuracy"] == 0.0 for r in rows)
+    # Samples with a boxed answer meet the broken reference; the rest have no answer to grade.
+    boxed = sum(r["grading_status"] == "bad_reference" for r in rows)
+    assert boxed >= 1 and boxed + sum(r["grading_status"] == "no_answer" for r in rows) == len(rows)
+    assert output.grading["bad_reference"] == boxed
+    assert all(r["grading_status"] != "bad_reference" for r in output.rows if r["problem_id"] != "broken-7")
+
+
 def test_engine_killed_mid_run_loses_and_duplicates_nothing(setup, toy_world):
     import ray
     from safetensors.torch import load_file
