@@ -46,6 +46,7 @@ from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
 CLIENT_STATE_FILE = "loop_state.json"
 # Written by rank 0 when the loop stops on purpose (too many NaN updates); the driver reads it.
 STOP_FILE = "stopped.json"
+PLACEMENT_GROUP_FILE = "placement_group.json"
 # Steps in the running mean of on-policy accuracy, the objective reported every step.
 OBJECTIVE_WINDOW = 5
 
@@ -171,6 +172,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     weights_version = state["step"]
 
     run_dir = Path(paths.run_dir)
+    if is_chief:
+        # The learners' placement group, named in the run folder: a sweep that stops this run
+        # early removes it (Ray Train's own cleaner cannot reach a ray.init() local instance).
+        group = ray.util.get_current_placement_group()
+        if group is not None:
+            (run_dir / PLACEMENT_GROUP_FILE).write_text(json.dumps({"id": group.id.hex()}))
     sinks = build_sinks(config.logging.sinks, run_dir, config.logging.project, run_dir.name, config.to_dict()) if is_chief else []
     if is_chief and state["step"] == 0 and eval_problems and config.eval.every_steps:
         # Step 0: the initial policy's validation, so every later number has its baseline.

@@ -328,6 +328,9 @@ def test_a_sweep_is_interrupted_restored_and_reported(toy_world, tmp_path):
         assert row["steps"] == (3 if row["status"] == "finished" else 2), row
     assert missing["status"] == "failed" and "missing.jsonl" in missing["error"] and "does not exist" in missing["error"]
     assert wrecked["status"] == "stopped by ASHA" and wrecked["steps"] == 2, wrecked
+    # Its learners' placement group outlived the stopped trial; the sweep removed it.
+    assert wrecked["released_placement_groups"] == 1
+    assert all(Path(row["run_dir"]).parent == experiment / "runs" for row in ledger.values())
     assert wrecked["last"]["objective/running_accuracy"] < min(mentor["last"]["objective/running_accuracy"], grpo["last"]["objective/running_accuracy"])
     summary = json.loads((experiment / "sweep_summary.json").read_text())
     assert summary["resumed"] is True

@@ -208,7 +208,8 @@ def sweep_from_dict(data: dict[str, Any], source: str = "sweep", base_dir: Path 
             search_data["objectives"] = tuple(Objective(o["metric"], o["mode"]) for o in objectives)
     search = _settings(SearchSettings, search_data, "search", problems)
     asha = None if "asha" in data and data["asha"] is None else _settings(AshaSettings, data.get("asha"), "asha", problems)
-    storage = data.get("storage", "sweeps")
+    # Absolute now: a trial runs in its own working folder, where a relative path means elsewhere.
+    storage = Path(str(data.get("storage", "sweeps"))).expanduser().resolve()
     if problems:
         raise _fail(source, problems)
     spec = SweepSpec(

@@ -79,6 +79,8 @@ class TrialRecord:
     steps: int = 0
     error: str | None = None
     last: dict[str, float] = field(default_factory=dict)
+    # Placement groups of the run's learners removed by the sweep after the run was stopped.
+    released_placement_groups: int = 0
 
 
 def _error_text(trial) -> str:
@@ -142,6 +144,8 @@ class SweepLedger:
         record.steps = int(last.get("step", record.steps) or 0)
         run_dir = Path(record.run_dir)
         summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else None
+        if summary is None:
+            record.released_placement_groups = release_placement_group(run_dir)
         if failed:
             record.status, record.error = "failed", _error_text(trial)
         elif summary is not None:
@@ -154,6 +158,31 @@ class SweepLedger:
 
     def done(self) -> list[TrialRecord]:
         return [r for r in self.records.values() if r.status != "running"]
+
+
+def release_placement_group(run_dir: Path, wait_s: float = 2.0) -> int:
+    """Removes the learners' placement group of a run that did not end by itself (stopped by
+    ASHA, failed): its controller died with the trial, and Ray Train's cleaner, which asks the
+    dashboard whether the controller lives, cannot reach a local instance started by
+    ray.init() (ray-project/ray issue 54305). Returns how many it removed."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    from pipelines.loop import PLACEMENT_GROUP_FILE
+
+    path = Path(run_dir) / PLACEMENT_GROUP_FILE
+    if not path.is_file() or not ray.is_initialized():
+        return 0
+    group_id = json.loads(path.read_text())["id"]
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        state = ray.util.placement_group_table().get(group_id, {}).get("state")
+        if state in (None, "REMOVED"):
+            return 0
+        time.sleep(0.5)  # a run ending on its own removes it within moments
+    ray.util.remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(group_id))))
+    return 1
 
 
 class ConsoleWriter:
