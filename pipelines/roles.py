@@ -19,7 +19,7 @@ import ray
 import torch
 
 from mentor_ray.config import MentorConfig
-from mentor_ray.rewards import RewardGrader, RewardWeights
+from mentor_ray.rewards import DEFAULT_GRADING_FUNCTION, RewardGrader, RewardWeights
 from mentor_ray.rollout.engines import (
     CPU_ENGINE_ENV,
     EngineActor,
@@ -142,8 +142,14 @@ class RolloutEngineActor(EngineActor):
 class RewardActor:
     """A long-lived `RewardGrader` (its worker processes start once, in this actor)."""
 
-    def __init__(self, weights: RewardWeights, timeout_s: float, num_processes: int, format_rule: str = "strict") -> None:
-        self.grader = RewardGrader(weights=weights, timeout_s=timeout_s, num_processes=num_processes, format_rule=format_rule)
+    def __init__(
+        self, weights: RewardWeights, timeout_s: float, num_processes: int, format_rule: str = "strict",
+        grading_function: str = DEFAULT_GRADING_FUNCTION,
+    ) -> None:
+        self.grader = RewardGrader(
+            weights=weights, timeout_s=timeout_s, num_processes=num_processes, format_rule=format_rule,
+            grading_function=grading_function,
+        )
         self.busy = BusyClock()
 
     def grade(self, responses: list[str], references: list[str]):
@@ -218,6 +224,16 @@ def _engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_store:
     ).remote(kind, engine_kwargs, weight_store)
 
 
+def start_reward_actor(config: MentorConfig, grading_function: str = DEFAULT_GRADING_FUNCTION):
+    """A long-lived grader actor; `grading_function` swaps math-verify for another answer type."""
+    weights = RewardWeights(accuracy=config.reward.accuracy_weight, format=config.reward.format_weight)
+    return (
+        ray.remote(RewardActor)
+        .options(num_cpus=GRADER_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP)
+        .remote(weights, config.reward.timeout_s, config.reward.num_processes, config.reward.format_rule, grading_function)
+    )
+
+
 def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str | None, wait: bool = True) -> RolloutRoles:
     """Starts the run's actors. wait=False returns at once, so the learners start while the
     engines import vLLM and warm up (their first use waits for them); `check_engines` then
@@ -240,12 +256,7 @@ def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str |
             )
             for i in range(config.scaling.num_mixed_engines)
         ]
-    reward_weights = RewardWeights(accuracy=config.reward.accuracy_weight, format=config.reward.format_weight)
-    reward_actors = [
-        ray.remote(RewardActor)
-        .options(num_cpus=GRADER_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP)
-        .remote(reward_weights, config.reward.timeout_s, config.reward.num_processes, config.reward.format_rule)
-    ]
+    reward_actors = [start_reward_actor(config)]
     roles = RolloutRoles(policy_engines, mixed_engines, reward_actors, weight_store)
     if wait:
         roles.check_engines()

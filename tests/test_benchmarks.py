@@ -51,3 +51,30 @@ def test_choice_grading_reads_the_letter():
     assert grade_choice("so \\boxed{42}", "B") == (0.0, "no_answer")
     assert grade_choice("no box", "B") == (0.0, "no_answer")
     assert grade_choice("\\boxed{A}", "E") == (0.0, "bad_reference")
+
+
+def test_the_toy_policy_is_evaluated_on_every_offline_benchmark(toy_world, local_ray, tmp_path):
+    """End to end through the Ray Data pipeline and the engines: the table in the paper's
+    layout, pass@k, and every sample in generations.jsonl."""
+    import csv
+    import json
+
+    from pipelines.evaluate import evaluate
+    from pipelines.train import DEFAULT_RECIPE
+
+    names = sorted(EXPECTED_SIZES)
+    results = evaluate("toy://policy", names, tmp_path / "eval", config_file=str(DEFAULT_RECIPE), limit=2,
+                       overrides=("model.max_model_len=512", "data.max_prompt_tokens=400"), say=lambda line: None)
+    assert list(results) == names
+    header, values = list(csv.reader((tmp_path / "eval" / "results.csv").open()))
+    assert header == [*names, "average"] and len(values) == len(names) + 1
+    assert float(values[-1]) == pytest.approx(sum(float(v) for v in values[:-1]) / len(names), abs=0.06)
+    assert "| " + " | ".join(header) + " |" in (tmp_path / "eval" / "results.md").read_text()
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "generations.jsonl").read_text().splitlines()]
+    for name in names:
+        samples = BENCHMARKS[name].protocol.samples
+        assert results[name]["problems"] == 2
+        assert sum(r["benchmark"] == name for r in rows) == 2 * samples
+        assert set(results[name]["pass_at_k"]) == {str(k) for k in (1, 2, 4, 8, 16, 32) if k <= samples}
+    assert all(r["status"] in ("ok", "no_answer", "timeout", "error") for r in rows)
+    assert (tmp_path / "eval" / "pass_at_k.png").stat().st_size > 5000
