@@ -80,6 +80,12 @@ def _aime25() -> LoadReport:
     return LoadReport(problems=[p for r in reports for p in r.problems], skipped=sum(r.skipped for r in reports))
 
 
+def _toy_eval() -> LoadReport:
+    from mentor_ray.run_inputs import resolve_data_path
+
+    return load_problems(resolve_data_path("toy://eval", "toy_eval"))
+
+
 def gpqa_prompt(question: str, choices: list[str]) -> str:
     options = "\n".join(f"{letter}) {choice}" for letter, choice in zip(CHOICE_LETTERS, choices))
     return f"{question}\n\n{options}\n\nAnswer with the letter of the correct option inside \\boxed{{}}."
@@ -109,6 +115,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("minerva", "math-ai/minervamath", "math", GREEDY, _minerva),
         Benchmark("olympiadbench", "Hothan/OlympiadBench", "math", GREEDY, _shipped("olympiadbench")),
         Benchmark("gpqa_diamond", "Idavidrein/gpqa", "choice", GREEDY, _gpqa_diamond),
+        # The toy world's held-out problems (pipelines.compare's pass@k of MENTOR and GRPO).
+        Benchmark("toy_eval", "", "math", AVG32, _toy_eval),
         # No offline copy here: loaded from the hub on a machine that reaches it.
         Benchmark("arc_c", "allenai/ai2_arc", "choice", GREEDY, None),
         Benchmark("mmlu_pro", "TIGER-Lab/MMLU-Pro", "choice", GREEDY, None),

@@ -90,6 +90,11 @@ def _toy_paths() -> dict[str, str]:
     return {"policy": str(world.policy_dir), "expert": str(world.expert_dir), "train": str(world.train_path), "eval": str(world.eval_path)}
 
 
+def resolve_data_path(path: str, key: str) -> str:
+    """A dataset named by a config key: a path, or a toy-world item."""
+    return _resolve(path, _toy_paths() if path.startswith(TOY_SCHEME) else {}, key)
+
+
 def resolve_model_dir(path: str, key: str) -> str:
     """A model folder named by a config key: a path, or a toy-world item."""
     folder = _resolve(path, _toy_paths() if path.startswith(TOY_SCHEME) else {}, key)

@@ -37,11 +37,45 @@ def comparison(mentor: list[dict], grpo: list[dict], decay_steps: int) -> dict[s
     }
 
 
+def pass_at_k_comparison(runs: dict[str, Path], root: Path, samples: int, limit: int | None) -> dict[str, float]:
+    """Both final models on the toy world's held-out problems, `samples` samples each (T=0.6):
+    pass@k against k, the paper's exploration claim. Drawn into plots/pass_at_k.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import ray
+
+    from pipelines.evaluate import evaluate
+
+    numbers: dict[str, float] = {}
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, run_dir in runs.items():
+        results = evaluate(str(run_dir), ["toy_eval"], root / f"eval-{label}", config_file=str(run_dir / "config.yaml"),
+                           limit=limit, samples=samples, say=lambda line: None)
+        ray.shutdown()
+        curve = sorted((int(k), v) for k, v in results["toy_eval"]["pass_at_k"].items())
+        axes.plot(*zip(*curve), marker="o", label=label)
+        numbers.update({f"{label}_pass_at_{k}": v for k, v in curve})
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel("k")
+    axes.set_ylabel("pass@k")
+    axes.set_title(f"pass@k on held-out problems ({samples} samples, T=0.6)")
+    axes.legend()
+    figure.tight_layout()
+    (root / "plots").mkdir(parents=True, exist_ok=True)
+    figure.savefig(root / "plots" / "pass_at_k.png", dpi=100)
+    plt.close(figure)
+    return numbers
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--runs", nargs=2, type=Path, metavar=("MENTOR_RUN", "GRPO_RUN"),
                         help="compare two finished run folders instead of training")
+    parser.add_argument("--pass-at-k-samples", type=int, default=32,
+                        help="samples per held-out problem for both final models' pass@k (0: skip)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -61,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
     plot_runs(runs, root / "plots")
     numbers = comparison(read_metrics(runs["mentor"] / "metrics.jsonl"), read_metrics(runs["grpo"] / "metrics.jsonl"), config.guidance.decay_steps)
+    if args.pass_at_k_samples:
+        numbers.update(pass_at_k_comparison(runs, root, args.pass_at_k_samples, config.eval.max_problems))
     (root / "comparison.json").write_text(json.dumps({"seed": config.seed, **numbers}, indent=2))
     print(json.dumps({"seed": config.seed, **numbers}, indent=2))
     print(f"plots: {root / 'plots'}")

@@ -69,8 +69,9 @@ def evaluate(model: str, benchmarks: list[str], out_dir: Path, *, config_file: s
         system_prompt = config.data.system_prompt
     elif config.data.system_prompt_preset is not None:
         system_prompt = SYSTEM_PROMPTS[config.data.system_prompt_preset]
-    else:  # the paper's prompt, except for the toy policy, which knows only its own
-        system_prompt = TOY_SYSTEM_PROMPT if model.startswith(TOY_SCHEME) else DEFAULT_SYSTEM_PROMPT
+    else:  # the paper's prompt, except for toy-world models (trained on toy data), which know only theirs
+        toy = model.startswith(TOY_SCHEME) or config.data.train_path.startswith(TOY_SCHEME)
+        system_prompt = TOY_SYSTEM_PROMPT if toy else DEFAULT_SYSTEM_PROMPT
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     console = DriverConsole(out_dir, verbose=verbose)
