@@ -341,3 +341,14 @@ def test_a_sweep_is_interrupted_restored_and_reported(toy_world, tmp_path):
     markdown = (experiment / "report" / "report.md").read_text()
     assert "stopped by ASHA" in markdown and "failed" in markdown and "(GRPO)" in markdown
     assert (experiment / "report" / "report.html").stat().st_size > 50_000
+
+
+def test_several_objectives_make_a_multi_objective_optuna_search(tmp_path):
+    from tuning.sweep import _searcher
+
+    spec = check_sweep(_sweep(tmp_path, search={"num_trials": 2, "objectives": [
+        {"metric": "objective/val_accuracy", "mode": "max"}, {"metric": "rollout/entropy_mean", "mode": "max"}]}))
+    searcher = _searcher(spec)
+    assert searcher.metric == ["objective/val_accuracy", "rollout/entropy_mean"] and searcher.mode == ["max", "max"]
+    single = _searcher(check_sweep(_sweep(tmp_path)))
+    assert single.metric == "objective/val_accuracy" and single.mode == "max"
