@@ -65,6 +65,11 @@ def test_cluster_file_validates_against_rays_schema_and_holds_the_recipes():
     broken["available_node_types"]["head"]["resource"] = {"CPU": 1}  # a typo the schema catches
     with pytest.raises(Exception, match="resource"):
         validate_config(prepare_config(broken))
+    # GPU node types for the recipes (8 x A100-80GB, 8 x H100), images of the pinned Ray version.
+    instance_types = {t["node_config"]["InstanceType"] for t in cluster["available_node_types"].values()}
+    assert {"p4de.24xlarge", "p5.48xlarge"} <= instance_types
+    assert all(image.startswith("rayproject/ray:2.60.") for image in (cluster["docker"]["head_image"], cluster["docker"]["worker_image"]))
+    assert '"ray[default,train,tune,data]>=2.60,<2.61"' in (REPO / "pyproject.toml").read_text()
     # The dashboard (job submission) must not listen on the network.
     assert "--dashboard-host=127.0.0.1" in " ".join(cluster["head_start_ray_commands"])
     gpus_per_node = max(t["resources"].get("GPU", 0) for t in cluster["available_node_types"].values())
