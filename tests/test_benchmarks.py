@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mentor_ray.benchmarks import BENCHMARKS, CHOICE_LETTERS, OFFLINE, grade_choice
+from mentor_ray.benchmarks import BENCHMARKS, OFFLINE, grade_choice
 from mentor_ray.rewards import RewardGrader
 
 # Problems per benchmark, as shipped or packaged.

@@ -293,7 +293,7 @@ def _set_guidance_ratio(tree: dict[str, Any], ratio: float) -> None:
     rollout = MentorConfig().rollout
     base = tree.get("rollout", {})
     total = int(base.get("n_on_policy", rollout.n_on_policy)) + int(base.get("n_mixed", rollout.n_mixed))
-    n_mixed = int(round(ratio * total))
+    n_mixed = round(ratio * total)
     set_dotted(tree, "rollout.n_on_policy", total - n_mixed)
     set_dotted(tree, "rollout.n_mixed", n_mixed)
 
