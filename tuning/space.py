@@ -52,10 +52,6 @@ class Parameter:
     values: tuple[Any, ...]  # [low, high] for ranges, the items for a choice
     times: str | None = None  # one of SCALES
 
-    def bounds_and_items(self) -> tuple[Any, ...]:
-        """The values worth checking against the config: a range's ends, or every item."""
-        return self.values
-
 
 @dataclass(frozen=True)
 class Objective:
@@ -352,7 +348,7 @@ def check_sweep(spec: SweepSpec) -> SweepSpec:
         spec.log_vocab = _policy_log_vocab(base)
     problems: list[str] = []
     for parameter in spec.parameters:
-        for value in parameter.bounds_and_items():
+        for value in parameter.values:  # a range's ends, or every item of a choice
             try:
                 trial_config(spec, {parameter.key: value})
             except ConfigError as error:

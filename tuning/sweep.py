@@ -267,6 +267,10 @@ def concurrent_trials(spec: SweepSpec, resources: dict[str, float]) -> tuple[int
     return (min(fit, cap) if cap else fit), needs
 
 
+# Actor classes a trial's run starts (engines, graders, Ray Train's controller and workers).
+RUN_ACTOR_CLASSES = ("RolloutEngineActor", "RewardActor", "RayTrainWorker", "TrainController")
+
+
 def leftover_resources(wait_s: float = 30.0) -> dict[str, list[str]]:
     """Placement groups and engine/learner actors still alive once every trial has ended.
     Ray Train's worker placement groups outlive a killed trial driver unless its cleaner removes
@@ -282,10 +286,10 @@ def leftover_resources(wait_s: float = 30.0) -> dict[str, list[str]]:
             if info.get("state") != "REMOVED"
         ]
         actors = [
-            f"{info.get('ActorClassName', info.get('class_name', '?'))}:{actor_id}"
+            f"{info['ActorClassName']}:{actor_id}"
             for actor_id, info in ray_state.actors().items()
-            if info.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING", 2, 1)
-            and any(name in str(info.get("ActorClassName", "")) for name in ("RolloutEngineActor", "RewardActor", "RayTrainWorker", "TrainController"))
+            if info.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING")
+            and any(name in info.get("ActorClassName", "") for name in RUN_ACTOR_CLASSES)
         ]
         if (not groups and not actors) or time.monotonic() > deadline:
             return {"placement_groups": groups, "actors": actors}
