@@ -139,8 +139,10 @@ class LossConfig:
             _problem(errors, f"{prefix}.eps_high", self.eps_high, "must be > 0")
         if self.dual_clip is not None and not self.dual_clip > 1:
             _problem(errors, f"{prefix}.dual_clip", self.dual_clip, "must be > 1, or null to disable")
-        if self.kl_coef < 0:
-            _problem(errors, f"{prefix}.kl_coef", self.kl_coef, "must be >= 0")
+        if self.kl_coef != 0:
+            # MENTOR drops the KL term (MENTOR.md); supporting it needs a reference model.
+            _problem(errors, f"{prefix}.kl_coef", self.kl_coef,
+                     "must be 0: the learner holds no reference model, so there is no KL term to weigh")
 
 
 @dataclass
@@ -156,6 +158,12 @@ class OptimizerConfig:
     mini_batch_samples: int | None = None
     ppo_epochs: int = 1
     micro_batch_samples: int = 8  # sequences per forward/backward on one worker
+    # Response tokens whose [tokens, vocabulary] logits exist at once in the learner
+    # (mentor_ray/token_scoring.py): the bound on its vocabulary-sized memory. Null: all at once.
+    logit_chunk_tokens: int | None = 1024
+    # Recompute each decoder layer's activations in backward instead of keeping them: memory
+    # for long responses, at about one more forward pass of compute.
+    gradient_checkpointing: bool = False
 
     def check(self, errors: list[str], prefix: str) -> None:
         if not self.lr > 0:
@@ -169,8 +177,9 @@ class OptimizerConfig:
         for name in ("mini_batch_prompts", "ppo_epochs", "micro_batch_samples"):
             if getattr(self, name) < 1:
                 _problem(errors, f"{prefix}.{name}", getattr(self, name), "must be >= 1")
-        if self.mini_batch_samples is not None and self.mini_batch_samples < 1:
-            _problem(errors, f"{prefix}.mini_batch_samples", self.mini_batch_samples, "must be >= 1, or null")
+        for name in ("mini_batch_samples", "logit_chunk_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                _problem(errors, f"{prefix}.{name}", getattr(self, name), "must be >= 1, or null")
 
 
 @dataclass
@@ -350,6 +359,12 @@ class MentorConfig:
         if self.optimizer.mini_batch_samples is None and self.rollout.prompts_per_step % self.optimizer.mini_batch_prompts != 0:
             _problem(errors, "optimizer.mini_batch_prompts", self.optimizer.mini_batch_prompts,
                      f"must divide rollout.prompts_per_step={self.rollout.prompts_per_step}")
+        if self.model.dtype == "float16":
+            _problem(errors, "model.dtype", self.model.dtype,
+                     "float16 training needs loss scaling, which the learner does not do; use float32 or bfloat16")
+        if self.model.dtype == "bfloat16" and not self.deepspeed.bf16:
+            _problem(errors, "deepspeed.bf16", self.deepspeed.bf16,
+                     "must be true with model.dtype=bfloat16 (DeepSpeed then keeps fp32 master weights)")
         if self.data.max_prompt_tokens + self.rollout.max_response_tokens > self.model.max_model_len:
             _problem(errors, "model.max_model_len", self.model.max_model_len,
                      f"must be >= data.max_prompt_tokens + rollout.max_response_tokens "

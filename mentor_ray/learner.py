@@ -1,4 +1,4 @@
-"""The policy learner: old log-probs, the global entropy threshold, PPO updates, weight export.
+"""The policy learner: old log-probs and entropies, PPO updates, weight export.
 
 This is the only module that imports DeepSpeed. It runs inside each Ray Train worker
 (`TorchTrainer.train_loop_per_worker`): Ray Train has already created the torch.distributed
@@ -10,7 +10,9 @@ Data layout, per RL step:
     of every global mini-batch; global mini-batch k is the union over ranks of their k-th
     local mini-batch, so one optimizer step on every rank is one step on global mini-batch k;
   * `compute_old_log_probs` runs the no-grad pass over the flat local samples;
-  * `global_entropy_threshold` gathers every rank's on-policy entropies for the exact quantile;
+  * log-probs and entropies come from `mentor_ray.token_scoring.TokenScorer`, the module
+    DeepSpeed wraps: response positions only, at the rollout temperature, chunked over the
+    vocabulary-sized logits;
   * `update` runs PPO over the local mini-batches, with a loss whose gradient equals the
     token-level mean over the GLOBAL mini-batch (see `update` for how DeepSpeed's gradient
     averaging is compensated).
@@ -27,7 +29,6 @@ import shutil
 import socket
 import time
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,14 @@ if not torch.cuda.is_available():
 import deepspeed
 
 from mentor_ray.config import MentorConfig
-from mentor_ray.core.guidance import next_entropy_threshold
 from mentor_ray.core.losses import (
     ClipSettings,
     LossWeights,
     PolicyLossInputs,
     policy_loss,
 )
-from mentor_ray.core.mixture import policy_entropy
+from mentor_ray.distributed import all_reduce_values
+from mentor_ray.token_scoring import TokenScorer
 
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Tokenizer files copied next to exported weights so the folder is a complete HF model.
@@ -117,7 +118,7 @@ def collate(samples: Sequence[TrainingSample], pad_token_id: int) -> dict[str, t
     """Right-padded tensors for one micro-batch.
 
     `response_mask[b, t]` is 1 where token t+1 of row b is a response token, so it lines up
-    with the next-token log-probs of `token_log_probs_and_entropy` (shape [B, L-1]).
+    with the next-token log-probs of `TokenScorer` (shape [B, L-1]).
     """
     if len(samples) == 0:
         raise ValueError("collate needs at least one sample")
@@ -224,38 +225,6 @@ def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The forward pass that every use shares.
-
-
-def token_log_probs_and_entropy(
-    model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
-    entropy_requires_grad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-prob of each actual next token and the full-vocabulary entropy there, both [B, L-1], fp32.
-
-    The [B, L, V] log-softmax is materialised once (it is what the gather backpropagates
-    through). The entropy is taken row by row from it, so its temporaries are [L, V], and
-    without `entropy_requires_grad` it adds nothing to the autograd graph.
-    """
-    device = getattr(model, "device", None)  # HF models and DeepSpeed engines both have one
-    input_ids = batch["input_ids"].to(device) if device is not None else batch["input_ids"]
-    attention_mask = batch["attention_mask"].to(input_ids.device)
-    outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    logits = outputs.logits[:, :-1, :]
-    del outputs
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    del logits
-    targets = input_ids[:, 1:].unsqueeze(-1)
-    token_log_probs = log_probs.gather(-1, targets).squeeze(-1)
-    # policy_entropy re-normalises its input; log-softmax of log-probs is the identity, so it
-    # gives the entropy of these exact distributions.
-    with nullcontext() if entropy_requires_grad else torch.no_grad():
-        entropy = torch.stack([policy_entropy(log_probs[row]) for row in range(log_probs.shape[0])])
-    return token_log_probs, entropy
-
-
-# ---------------------------------------------------------------------------------------------
 # Process group and DeepSpeed plumbing.
 
 
@@ -328,23 +297,6 @@ def build_deepspeed_config(config: MentorConfig, world_size: int) -> dict[str, A
     }
 
 
-def _check_learner_config(config: MentorConfig) -> None:
-    errors = []
-    if config.deepspeed.zero_stage == 0:
-        errors.append(
-            "deepspeed.zero_stage=0: the learner needs ZeRO stage 1, 2 or 3 (it relies on ZeRO's "
-            "global overflow check to skip NaN updates on every rank)"
-        )
-    if config.model.dtype == "float16":
-        errors.append("model.dtype='float16': fp16 training needs loss scaling, which the learner does not do; use float32 or bfloat16")
-    if config.model.dtype == "bfloat16" and not config.deepspeed.bf16:
-        errors.append("model.dtype='bfloat16' needs deepspeed.bf16=true (DeepSpeed then keeps fp32 master weights)")
-    if config.loss.kl_coef != 0.0:
-        errors.append("loss.kl_coef != 0 needs a reference model, which the learner does not hold; set loss.kl_coef=0")
-    if errors:
-        raise ValueError("learner config cannot run:\n  " + "\n  ".join(errors))
-
-
 # ---------------------------------------------------------------------------------------------
 # The learner.
 
@@ -355,7 +307,10 @@ class PolicyLearner:
     def __init__(self, model_dir: str | Path, config: MentorConfig, world_size: int, rank: int):
         from transformers import AutoModelForCausalLM
 
-        _check_learner_config(config)
+        errors: list[str] = []
+        config.check(errors)
+        if errors:
+            raise ValueError("learner config cannot run:\n  " + "\n  ".join(errors))
         self.model_dir = Path(model_dir)
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{self.model_dir} is not a Hugging Face model folder (no config.json)")
@@ -370,16 +325,26 @@ class PolicyLearner:
         model.config.use_cache = False
         self.vocab_size = int(model.config.vocab_size)
         self.pad_token_id = self._pad_token_id(model)
+        if config.optimizer.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # Log-probs and entropies at the rollout temperature, the distribution the engines sample.
+        scorer = TokenScorer(model, config.rollout.temperature, config.optimizer.logit_chunk_tokens)
+        probe = torch.arange(2, 2 + 6, dtype=torch.long).remainder(self.vocab_size).unsqueeze(0)
+        scorer.check_matches_model_logits(probe)
         optimizer = torch.optim.AdamW(
-            model.parameters(),
+            scorer.parameters(),
             lr=config.optimizer.lr,
             betas=tuple(config.optimizer.betas),
             weight_decay=config.optimizer.weight_decay,
         )
         self.ds_config = build_deepspeed_config(config, world_size)
         self.engine, *_ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=self.ds_config, dist_init_required=False
+            model=scorer, optimizer=optimizer, config=self.ds_config, dist_init_required=False
         )
+        if config.deepspeed.zero_stage == 3:
+            # The scorer applies the output layer's weight itself, chunk by chunk, outside the
+            # layer's own forward: ZeRO-3 must gather it for the scorer's forward and backward.
+            deepspeed.zero.register_external_parameter(self.engine.module, self.engine.module.output_layer.weight)
         self.device = self.engine.device
         self.clip = ClipSettings(config.loss.eps_low, config.loss.eps_high, config.loss.dual_clip)
         self.loss_weights = LossWeights(policy=1.0, kl=config.loss.kl_coef, entropy=config.loss.entropy_coef)
@@ -394,22 +359,27 @@ class PolicyLearner:
 
     @property
     def module(self) -> torch.nn.Module:
-        return self.engine.module
+        """The Hugging Face model being trained."""
+        return self.engine.module.causal_lm
 
     # --- collectives ---------------------------------------------------------------------------
 
     def _all_reduce(self, values: list[float], op: dist.ReduceOp = dist.ReduceOp.SUM) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(tensor, op=op)
-        return tensor.tolist()
+        return all_reduce_values(values, op)
 
     def _dummy_batch(self) -> dict[str, torch.Tensor]:
         """A two-token pass whose loss is multiplied by 0: keeps ranks' pass counts equal."""
         ids = torch.full((1, 2), self.pad_token_id, dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "response_mask": torch.ones((1, 1))}
 
     def _forward(self, batch: dict[str, torch.Tensor], entropy_requires_grad: bool = False):
-        return token_log_probs_and_entropy(self.engine, batch, entropy_requires_grad)
+        """Log-probs and entropies at the response positions of `batch`, [B, L-1] fp32."""
+        return self.engine(
+            batch["input_ids"].to(self.device),
+            batch["attention_mask"].to(self.device),
+            batch["response_mask"].to(self.device) > 0,
+            entropy_requires_grad,
+        )
 
     def _check_samples(self, samples: Sequence[TrainingSample]) -> None:
         for index, sample in enumerate(samples):
@@ -442,18 +412,6 @@ class PolicyLearner:
         finally:
             self.engine.train(was_training)
         return log_probs, entropies
-
-    def global_entropy_threshold(
-        self, local_on_policy_entropies: torch.Tensor | Sequence[torch.Tensor], quantile: float, floor: float
-    ) -> float:
-        """tau for the next step from the on-policy token entropies of ALL ranks (exact quantile)."""
-        if isinstance(local_on_policy_entropies, torch.Tensor):
-            local = local_on_policy_entropies.detach().flatten().float()
-        else:
-            parts = [torch.as_tensor(t).detach().flatten().float() for t in local_on_policy_entropies]
-            local = torch.cat(parts) if parts else torch.zeros(0)
-        gathered = all_gather_variable_length(local.to(self.device))
-        return next_entropy_threshold(gathered.cpu(), quantile, floor)
 
     # --- PPO update ----------------------------------------------------------------------------
 
@@ -691,20 +649,3 @@ class PolicyLearner:
         if load_path is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint found in {directory}")
         return dict(client_state or {})
-
-
-def all_gather_variable_length(local: torch.Tensor) -> torch.Tensor:
-    """Concatenation of every rank's 1-D tensor (lengths may differ), in rank order."""
-    local = local.flatten()
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return local
-    world_size = dist.get_world_size()
-    length = torch.tensor([local.numel()], dtype=torch.long, device=local.device)
-    lengths = [torch.zeros_like(length) for _ in range(world_size)]
-    dist.all_gather(lengths, length)
-    longest = max(int(n) for n in lengths)
-    padded = torch.zeros(longest, dtype=local.dtype, device=local.device)
-    padded[: local.numel()] = local
-    pieces = [torch.zeros_like(padded) for _ in range(world_size)]
-    dist.all_gather(pieces, padded)
-    return torch.cat([piece[: int(n)] for piece, n in zip(pieces, lengths)])

@@ -22,11 +22,11 @@ import ray
 import ray.data
 import ray.train
 import torch
-import torch.distributed as dist
 
 from mentor_ray.config import MentorConfig, config_from_dict
 from mentor_ray.core.guidance import guidance_alpha, next_entropy_threshold
-from mentor_ray.learner import PolicyLearner, TrainingSample, all_gather_variable_length, shard_for_rank
+from mentor_ray.distributed import all_gather_variable_length, broadcast_object
+from mentor_ray.learner import PolicyLearner, TrainingSample, shard_for_rank
 from mentor_ray.metrics import (
     build_sinks,
     entropy_metrics,
@@ -69,13 +69,12 @@ def objective_metrics(state: dict[str, Any], metrics: dict[str, float]) -> dict[
     }
 
 
-def _broadcast(value: Any) -> Any:
-    """Rank 0's Python object on every rank (gloo/NCCL object broadcast)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    holder = [value]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
+def global_entropy_threshold(local_on_policy_entropies: list[torch.Tensor], config: MentorConfig) -> tuple[float, torch.Tensor]:
+    """tau for the next step, the exact quantile over every rank's on-policy response-token
+    entropies (MENTOR.md section 2), and those entropies. Collective."""
+    local = torch.cat(local_on_policy_entropies) if local_on_policy_entropies else torch.zeros(0)
+    everything = all_gather_variable_length(local.float())
+    return next_entropy_threshold(everything, config.guidance.entropy_quantile, config.guidance.tau_floor), everything
 
 
 def _seed_everything(seed: int) -> None:
@@ -223,7 +222,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["time/rollout_seconds"] = rollout.seconds
             metrics["time/rollout_tokens_per_second"] = rollout.generated_tokens / max(rollout.seconds, 1e-9)
             rows_ref = [ray.put(rollout.rows)]
-        rows = ray.get(_broadcast(rows_ref)[0])
+        rows = ray.get(broadcast_object(rows_ref)[0])
         samples = _to_samples(rows)
         if step in loop_config.get("nan_loss_at_steps", ()):
             # Fault injection for tests: a NaN advantage makes every loss of this step NaN.
@@ -245,8 +244,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # 3. tau for the next step: the exact global quantile over every rank's on-policy
         # response-token entropies (MENTOR.md section 2), from the pre-update policy.
         on_policy = [e for s, e in zip(flat, learned.entropies) if not s.is_mixed]
-        all_entropies = all_gather_variable_length(torch.cat(on_policy) if on_policy else torch.zeros(0))
-        next_threshold = next_entropy_threshold(all_entropies, config.guidance.entropy_quantile, config.guidance.tau_floor)
+        next_threshold, all_entropies = global_entropy_threshold(on_policy, config)
         metrics.update(entropy_metrics(all_entropies))
         # On-policy samples came from the engine holding the weights the learner held before
         # the update: their log-probs must agree, or the engines serve stale weights (a sync bug).

@@ -58,6 +58,11 @@ def test_int_is_accepted_for_float():
         (["loss.dual_clip=0.5"], ["loss.dual_clip=0.5", "> 1"]),
         (["deepspeed.offload_params=true"], ["deepspeed.offload_params", "zero_stage=3"]),
         (["rollout.max_response_tokens=9000"], ["model.max_model_len", ">= data.max_prompt_tokens"]),
+        # What only a learner worker used to find, after the engines were built (issue 11).
+        (["model.dtype=float16"], ["model.dtype='float16'", "loss scaling"]),
+        (["model.dtype=bfloat16"], ["deepspeed.bf16=False", "model.dtype=bfloat16"]),
+        (["loss.kl_coef=0.01"], ["loss.kl_coef=0.01", "reference model"]),
+        (["optimizer.logit_chunk_tokens=0"], ["optimizer.logit_chunk_tokens=0", ">= 1"]),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(override, expected_fragments):

@@ -122,10 +122,12 @@ def _hf_log_probs(model, sequence: list[int]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _hf_mixture(policy, expert, sequence: list[int], tau: float):
-    """(log pi_mix of each next token, w at each position) for a sequence."""
+def _hf_mixture(policy, expert, sequence: list[int], tau: float, temperature: float = 1.0):
+    """(log pi_mix of each next token, w at each position) for a sequence, at a temperature."""
     ids = torch.tensor([sequence])
-    log_probs, weight = mixed_policy_log_probs(policy(ids).logits[0], expert(ids).logits[0], tau)
+    log_probs, weight = mixed_policy_log_probs(
+        policy(ids).logits[0] / temperature, expert(ids).logits[0] / temperature, tau
+    )
     targets = torch.tensor(sequence[1:])[:, None]
     return log_probs[:-1].gather(1, targets)[:, 0], weight[:-1]
 
@@ -308,6 +310,25 @@ def test_mixed_engine_next_token_frequencies_match_pi_mix(tiny, mixed_engine):
     # The returned log-probs are log pi_mix of the sampled token.
     for r in results[:50]:
         assert r.response_log_probs[0] == pytest.approx(float(mixture[r.response_token_ids[0]]), abs=1e-4)
+
+
+def test_mixed_engine_at_a_temperature_mixes_the_tempered_distributions(tiny, mixed_engine):
+    """At T = 0.7 the engine samples (1 - w) softmax(z_policy / T) + w softmax(z_expert / T), w
+    from the tempered policy's entropy, and reports that mixture's log-probs; T = 1 after it
+    is the untempered mixture again."""
+    for temperature in (0.7, 1.0):
+        results = mixed_engine.generate(PROMPTS[:2], SamplingSpec(n=3, max_new_tokens=6, temperature=temperature, seed=3))
+        gap_here = gap_other = 0.0
+        for r in results:
+            sequence = list(r.prompt_token_ids) + list(r.response_token_ids)
+            start = len(r.prompt_token_ids) - 1
+            engine = torch.tensor(r.response_log_probs)
+            expected = _hf_mixture(tiny.policy, tiny.expert, sequence, TAU, temperature)[0][start:]
+            other = _hf_mixture(tiny.policy, tiny.expert, sequence, TAU, 1.7 - temperature)[0][start:]
+            gap_here = max(gap_here, float((engine - expected).abs().max()))
+            gap_other = max(gap_other, float((engine - other).abs().max()))
+        assert gap_here < 1e-4, (temperature, gap_here)
+        assert gap_other > 1e-2, (temperature, gap_other)  # the check can tell the temperatures apart
 
 
 def test_mixed_engine_sequences_match_reference_sampler(tiny, mixed_engine):

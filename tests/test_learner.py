@@ -96,6 +96,9 @@ def learner_config(zero_stage: int) -> MentorConfig:
     config.optimizer.lr = LR
     config.optimizer.grad_clip = GRAD_CLIP
     config.optimizer.micro_batch_samples = MICRO_BATCH
+    # A few response tokens per chunk: ranks then make different numbers of output-layer
+    # chunks per pass, which ZeRO-3 must not mistake for different collectives.
+    config.optimizer.logit_chunk_tokens = 4
     config.deepspeed.zero_stage = zero_stage
     return config
 
@@ -107,6 +110,7 @@ def _worker_loop(loop_config: dict) -> None:
     import ray.train
 
     from mentor_ray.learner import PolicyLearner
+    from pipelines.loop import global_entropy_threshold
 
     started = time.perf_counter()
     torch.set_num_threads(1)  # 2 cores shared by the workers
@@ -128,7 +132,8 @@ def _worker_loop(loop_config: dict) -> None:
         old_a, entropy_a = learner.compute_old_log_probs(flat_a)
     record["old_log_probs"], record["entropies"] = old_a, entropy_a
     on_policy = [e for e, s in zip(entropy_a, flat_a) if not s.is_mixed]
-    record["tau"] = learner.global_entropy_threshold(torch.cat(on_policy), 0.95, 0.01)
+    config.guidance.entropy_quantile, config.guidance.tau_floor = 0.95, 0.01
+    record["tau"], _ = global_entropy_threshold(on_policy, config)
     if not loop_config.get("learn_api"):
         record["metrics_a"] = learner.update(shard_a, old_a)
     record["weights_a"] = learner.export_weights()

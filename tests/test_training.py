@@ -175,8 +175,10 @@ def test_learner_worker_killed_mid_run_restarts_from_checkpoint(toy_world, tmp_p
     assert len(lines) > 5 and lines.count(1) == 1
 
 
-def test_first_ppo_ratio_is_one(toy_world, local_ray):
-    """For freshly synced weights the learner's log-probs of sampled tokens equal the engine's."""
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_first_ppo_ratio_is_one(toy_world, local_ray, temperature):
+    """For freshly synced weights the learner's log-probs of sampled tokens equal the engine's,
+    at any sampling temperature: both score the distribution the engine sampled from."""
     from transformers import AutoTokenizer
 
     from mentor_ray.learner import PolicyLearner, TrainingSample
@@ -185,7 +187,7 @@ def test_first_ppo_ratio_is_one(toy_world, local_ray):
     from pipelines.roles import build_rollout_roles
     from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
 
-    config = _config(Path("/tmp"), "rollout.n_mixed=0", "model.expert_path=null")
+    config = _config(Path("/tmp"), "rollout.n_mixed=0", "model.expert_path=null", f"rollout.temperature={temperature}")
     tokenizer = AutoTokenizer.from_pretrained(toy_world.policy_dir)
     problems, _ = load_tokenized_problems(str(toy_world.train_path), config, tokenizer, TOY_SYSTEM_PROMPT, "train", limit=8)
     roles = build_rollout_roles(config, str(toy_world.policy_dir), None)
@@ -198,7 +200,7 @@ def test_first_ppo_ratio_is_one(toy_world, local_ray):
             for parameter in learner.module.parameters():
                 parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
         roles.publish_weights(1, learner.export_weights())
-        plan = RolloutPlan(step=1, seed=0, n_on_policy=4, n_mixed=0, max_new_tokens=64, temperature=1.0, top_p=1.0,
+        plan = RolloutPlan(step=1, seed=0, n_on_policy=4, n_mixed=0, max_new_tokens=64, temperature=temperature, top_p=1.0,
                            entropy_threshold=1.0, alpha=0.0, weights_version=1)
         rows = run_rollout([PromptRecord(i, p.problem_id, p.answer, p.prompt_token_ids) for i, p in enumerate(problems)], plan, roles).rows
         samples = [TrainingSample(list(r["prompt_token_ids"]), list(r["response_token_ids"]), 0.0, False, r["prompt_index"]) for r in rows]

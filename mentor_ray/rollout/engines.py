@@ -14,9 +14,11 @@ each of their n samples comes back as a `GenerationResult` with an empty respons
 `finish_reason == PROMPT_TOO_LONG`, so results keep one entry per (prompt, sample) and the
 caller decides what to do with them (the RL driver drops those groups).
 
-Log-probs: `response_log_probs` are vLLM's raw log-probs of the sampled tokens, i.e. of the
-untempered model distribution. At the training setting (temperature 1, top_p 1) they are the
-behaviour log-probs: log pi_theta for `PolicyEngine`, log pi_mix for `MixedEngine`.
+Temperature: one convention for engines and learner. At temperature T the policy distribution
+is softmax(z / T); the mixed engine mixes softmax(z_policy / T) and softmax(z_expert / T) with
+w from the entropy of the first. `response_log_probs` are the log-probs of the distribution the
+token was sampled from (vLLM's "processed" log-probs): the behaviour log-probs, log pi_theta at
+T for `PolicyEngine` and log pi_mix at T for `MixedEngine`, which the learner reproduces.
 
 Only this module and `mixed_model.py` import vLLM.
 """
@@ -30,7 +32,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -219,6 +221,8 @@ class _VllmEngine:
             tensor_parallel_size=settings.tensor_parallel_size,
             worker_extension_cls=WORKER_EXTENSION,
             hf_overrides=hf_overrides,
+            # Log-probs after temperature (and top-p): of the distribution actually sampled.
+            logprobs_mode="processed_logprobs",
         )
         if settings.warm_up:
             self._warm_up()
@@ -336,7 +340,8 @@ class _VllmEngine:
         )
 
     def prompt_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
-        """Log-prob of every token after the first under the engine's model (teacher forcing).
+        """Log-prob at temperature 1 of every token after the first under the engine's model
+        (teacher forcing).
 
         Requests with prompt log-probs bypass vLLM's prefix cache, so this cannot see a stale
         cache: use `generate` for that check.
@@ -449,8 +454,25 @@ class MixedEngine(_VllmEngine):
         super().__init__(policy_dir, settings or EngineSettings(), hf_overrides=overrides)
         self.expert_dir = os.path.abspath(expert_dir)
         self.entropy_threshold = float(entropy_threshold)
+        self.temperature = 1.0
         # Forget the positions scored by vLLM's warm-up runs.
         self.mixture_weight_summary(reset=True)
+
+    def generate(self, prompt_token_ids: list[list[int]], spec: SamplingSpec) -> list[GenerationResult]:
+        """pi_mix at `spec.temperature`: the model applies it to both halves before mixing and
+        vLLM samples the mixture at temperature 1 (0 stays greedy: the argmax of pi_mix at 1)."""
+        self._set_temperature(spec.temperature if spec.temperature > 0 else 1.0)
+        return super().generate(prompt_token_ids, replace(spec, temperature=1.0 if spec.temperature > 0 else 0.0))
+
+    def prompt_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """log pi_mix at temperature 1 of every token after the first (teacher forcing)."""
+        self._set_temperature(1.0)
+        return super().prompt_log_probs(sequences)
+
+    def _set_temperature(self, temperature: float) -> None:
+        if temperature != self.temperature:
+            self._llm.collective_rpc("mentor_set_temperature", args=(float(temperature),))
+            self.temperature = float(temperature)
 
     def set_entropy_threshold(self, entropy_threshold: float) -> None:
         """tau for the following generations (MENTOR.md section 2)."""

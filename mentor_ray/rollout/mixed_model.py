@@ -7,6 +7,8 @@ the same tokens and returns their final hidden states side by side; `compute_log
 log pi_mix (from `mentor_ray.core.mixture.mixed_policy_log_probs`). Because the returned
 "logits" are already normalised log-probabilities, vLLM's sampler at temperature 1 / top_p 1
 samples pi_mix exactly and its returned log-probs are log pi_mix, the behaviour log-probs.
+A sampling temperature T is applied inside, to each model's logits before mixing
+(`MentorWorkerExtension.mentor_set_temperature`; `MixedEngine.generate` does it for you).
 
 The V1 KV-cache manager gives every attention layer of both stacks its own cache with its own
 shape, so the two stacks keep separate KV caches through one scheduler.
@@ -130,6 +132,8 @@ class MentorMixedForCausalLM(nn.Module):
         self.entropy_threshold = float(
             getattr(policy_config, ENTROPY_THRESHOLD_KEY, DEFAULT_ENTROPY_THRESHOLD)
         )
+        # Sampling temperature T, applied to each model before mixing (see compute_logits).
+        self.temperature = 1.0
         self._weight_sum = torch.zeros((), dtype=torch.float64)
         self._full_expert_count = torch.zeros((), dtype=torch.int64)
         self._scored_positions = torch.zeros((), dtype=torch.int64)
@@ -165,6 +169,12 @@ class MentorMixedForCausalLM(nn.Module):
         if policy_logits is None or expert_logits is None:
             return None
         expert_logits = _match_vocabulary_width(expert_logits, policy_logits.shape[-1])
+        if self.temperature != 1.0:
+            # pi_mix at temperature T mixes softmax(z_policy / T) and softmax(z_expert / T), and
+            # w uses the entropy of the first: the policy distribution the engines sample and
+            # the learner scores at T. vLLM's sampler then runs at temperature 1 on log pi_mix.
+            policy_logits = policy_logits / self.temperature
+            expert_logits = expert_logits / self.temperature
         log_probs, weight = mixed_policy_log_probs(
             policy_logits, expert_logits, self.entropy_threshold
         )
@@ -260,6 +270,14 @@ class MentorWorkerExtension:
         if not entropy_threshold > 0:
             raise ValueError(f"entropy_threshold must be > 0, got {entropy_threshold}")
         model.entropy_threshold = float(entropy_threshold)
+
+    def mentor_set_temperature(self, temperature: float) -> None:
+        model = self._mentor_model()
+        if not isinstance(model, MentorMixedForCausalLM):
+            raise TypeError("the mixture temperature is only meaningful for the mixed engine")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        model.temperature = float(temperature)
 
     def mentor_mixture_weight_summary(self, reset: bool = True) -> dict[str, float]:
         model = self._mentor_model()
