@@ -196,3 +196,24 @@ def test_collectives_without_a_process_group_are_local():
     assert all_gather_variable_length(torch.tensor([[1.0, 2.0]])).tolist() == [1.0, 2.0]
     assert all_reduce_values([3, 4]) == [3.0, 4.0]
     assert broadcast_object("x") == "x"
+
+
+def test_the_gpu_check_script_runs_its_checks_on_the_cpu(tmp_path):
+    """scripts/gpu_check.py is for a lent GPU machine; its CPU smoke run keeps it working here."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    out = tmp_path / "gpu_check.json"
+    done = subprocess.run([sys.executable, str(script), "--device", "cpu", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert report["agreement"]["log_prob_max_abs_diff"] < 1e-4
+    assert report["agreement"]["grad_max_rel_diff"] < 1e-4
+    assert report["bf16_pass"]["finite"]
+    # bf16 and fp32 passes of the same model agree to bf16 precision.
+    assert abs(report["bf16_pass"]["mean_entropy_bf16"] - report["bf16_pass"]["mean_entropy_fp32"]) < 0.05
+    assert "all checks passed" in done.stdout
