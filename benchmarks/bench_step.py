@@ -1,11 +1,15 @@
 """Where an RL step's wall time goes, against TRL's GRPOTrainer on identical work.
 
-    .venv/bin/python benchmarks/bench_step.py [--steps 8] [--prompts 32] [--samples 8] [--mixed 4]
-        [--new-tokens 96] [--skip-trl] [--skip-mentor] [--out DIR] [--override KEY=VALUE ...]
+    .venv/bin/python benchmarks/bench_step.py [--config RECIPE.yaml] [--steps 8] [--prompts 32]
+        [--samples 8] [--mixed 4] [--new-tokens 96] [--skip-trl] [--skip-mentor] [--out DIR]
+        [--override KEY=VALUE ...]
+
+The embedded toy recipe by default; `--config configs/smollm2-135m-gsm8k.yaml` runs the same
+comparison on SmolLM2-135M (a real 49k-token vocabulary).
 
 Runs, one after another, each in a fresh process (so none shares the cores with another):
 1. our GRPO step (`pipelines.train`, n_mixed=0), P prompts x G samples, validation off, one
-   optimizer step per step (mini-batch = P prompts), on the toy policy;
+   optimizer step per step (mini-batch = P prompts), on the recipe's policy;
 2. our MENTOR step (N1 = G, N2 = --mixed), same P;
 3. TRL's `GRPOTrainer` on the same work (`benchmarks/trl_peer.py`; needs the `[bench]` extra);
 4. the policy engine called directly on the same prompts (P x G, same token budget), for the
@@ -64,9 +68,12 @@ def run_ours(name: str, args, out: Path, n_mixed: int) -> dict:
         f"optimizer.mini_batch_prompts={args.prompts}", "eval.every_steps=0", f"checkpoint.every_steps={args.steps}",
         f"logging.run_root={out}", f"logging.run_name={name}", f"seed={args.seed}", *args.override,
     ]
+    if n_mixed == 0:
+        overrides.append("model.expert_path=null")
     started = time.perf_counter()
+    config = ["--config", str(args.config)] if args.config else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.train", *overrides], cwd=REPO, stdout=subprocess.PIPE,
+        [sys.executable, "-m", "pipelines.train", *config, *overrides], cwd=REPO, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
     first_step = None
@@ -85,6 +92,8 @@ def run_trl(args, out: Path) -> dict:
     target = out / "trl.json"
     command = [sys.executable, str(REPO / "benchmarks" / "trl_peer.py"), "--out", str(target), "--steps", str(args.steps),
                "--prompts", str(args.prompts), "--samples", str(args.samples), "--new-tokens", str(args.new_tokens), "--seed", str(args.seed)]
+    if args.config:
+        command += ["--config", str(args.config)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit("TRL peer failed (pip install -e '.[bench]'):\n" + result.stderr[-4000:])
@@ -92,25 +101,25 @@ def run_trl(args, out: Path) -> dict:
 
 
 DIRECT_ENGINE = """
-import json, sys, time
+import json, os, sys, tempfile, time
+from pathlib import Path
 from mentor_ray.rollout.requests import CPU_ENGINE_ENV
-import os
 os.environ.update(CPU_ENGINE_ENV)
-from mentor_ray.prompts import build_chat_prompt
+from mentor_ray.config import load_config
 from mentor_ray.prompt_schedule import PromptSchedule
 from mentor_ray.rollout.engines import EngineSettings, PolicyEngine, SamplingSpec
-from mentor_ray.toy_world import TOY_SYSTEM_PROMPT, build_toy_world
+from mentor_ray.run_inputs import load_tokenized_problems, resolve_run_paths
 from transformers import AutoTokenizer
 prompts, samples, new_tokens, seed, steps = map(int, sys.argv[1:6])
-world = build_toy_world()
-tokenizer = AutoTokenizer.from_pretrained(world.policy_dir)
-problems = [json.loads(l) for l in world.train_path.read_text().splitlines()]
-schedule = PromptSchedule(len(problems), prompts, seed, True)
-engine = PolicyEngine(str(world.policy_dir), EngineSettings(max_model_len=512, seed=seed))
+config = load_config(sys.argv[6] or None, [f"seed={seed}"])
+paths = resolve_run_paths(config, Path(tempfile.mkdtemp()))
+tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
+problems, _ = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train", say=lambda _: None)
+schedule = PromptSchedule(len(problems), prompts, seed, config.data.shuffle)
+engine = PolicyEngine(paths.policy_dir, EngineSettings(max_model_len=config.model.max_model_len, seed=seed))
 rates = []
 for step in range(1, steps + 1):
-    ids = [tokenizer(build_chat_prompt(tokenizer, problems[i]["problem"], TOY_SYSTEM_PROMPT), add_special_tokens=False)["input_ids"]
-           for i in schedule.indices_for_step(step)]
+    ids = [problems[i].prompt_token_ids for i in schedule.indices_for_step(step)]
     started = time.perf_counter()
     results = engine.generate(ids, SamplingSpec(n=samples, max_new_tokens=new_tokens, seed=step))
     seconds = time.perf_counter() - started
@@ -121,7 +130,8 @@ print(json.dumps({"tokens_per_second": rates}))
 
 def run_direct_engine(args) -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", DIRECT_ENGINE, str(args.prompts), str(args.samples), str(args.new_tokens), str(args.seed), "4"],
+        [sys.executable, "-c", DIRECT_ENGINE, str(args.prompts), str(args.samples), str(args.new_tokens), str(args.seed),
+         str(args.direct_steps), str(args.config or "")],
         cwd=REPO, capture_output=True, text=True,
     )
     if result.returncode != 0:
@@ -140,7 +150,9 @@ def _fmt(value: float | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=None, help="recipe YAML (default: the embedded toy recipe)")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--direct-steps", type=int, default=4, help="calls of the direct-engine baseline (first is warm-up)")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--mixed", type=int, default=4)

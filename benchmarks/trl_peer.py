@@ -1,13 +1,14 @@
 """TRL's `GRPOTrainer` on the work of one `bench_step.py` configuration, as a user of TRL runs it.
 
-    .venv/bin/python benchmarks/trl_peer.py --out FILE.json [--steps 8] [--prompts 32] [--samples 8]
-        [--new-tokens 96] [--seed 42] [--lr 1e-4]
+    .venv/bin/python benchmarks/trl_peer.py --out FILE.json [--config RECIPE.yaml] [--steps 8]
+        [--prompts 32] [--samples 8] [--new-tokens 96] [--seed 42] [--lr 1e-4]
 
-Same model folder (the toy policy), same problems in the same order (`PromptSchedule` of the
-toy recipe), same system prompt and chat template, P prompts x G samples per step, at most
+Same model folder (the recipe's policy; the embedded toy recipe by default), same problems in
+the same order (`PromptSchedule` over the run's filtered training set), same system prompt
+and chat template, P prompts x G samples per step, at most
 `--new-tokens` new tokens, temperature 1, top_p 1, one optimizer step per generation round,
-no KL (beta 0), clip 0.2/0.28, token-mean loss over the batch, reward 0.9 accuracy + 0.1
-format graded by this project's own functions in process. HF `generate` in one process.
+no KL (beta 0), clip 0.2/0.28, token-mean loss over the batch, reward accuracy + format with
+the recipe's weights and format rule, graded by this project's own functions in process. HF `generate` in one process.
 Writes per-step wall time and time inside `generate` to --out. Needs `pip install -e .[bench]`.
 """
 
@@ -18,11 +19,13 @@ import dataclasses
 import json
 import tempfile
 import time
+from pathlib import Path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--config", default=None, help="recipe YAML (default: the embedded toy recipe)")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--samples", type=int, default=8)
@@ -36,32 +39,43 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from mentor_ray.config import load_config
+    from mentor_ray.data import load_problems
     from mentor_ray.prompt_schedule import PromptSchedule
-    from mentor_ray.rewards import format_reward, grade_accuracy, grade_plain_integers
-    from mentor_ray.toy_world import TOY_SYSTEM_PROMPT, build_toy_world
+    from mentor_ray.rewards import FORMAT_RULES, grade_accuracy, grade_plain_integers
+    from mentor_ray.run_inputs import data_row_fields, load_tokenized_problems, resolve_run_paths
 
-    world = build_toy_world()
-    problems = [json.loads(line) for line in world.train_path.read_text().splitlines()]
-    schedule = PromptSchedule(len(problems), args.prompts, args.seed, True)
+    config = load_config(args.config, [f"seed={args.seed}"])
+    paths = resolve_run_paths(config, Path(tempfile.mkdtemp(prefix="trl-peer-run-")))
+    tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
+    # The run's own training set: loaded, checked and length-filtered as the loop does it.
+    kept, _ = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train", say=lambda _: None)
+    fields = data_row_fields(paths.train_path, config, "data.train_path")
+    texts = {
+        p.problem_id: p.problem
+        for p in load_problems(paths.train_path, problem_field=fields.problem_field, answer_field=fields.answer_field,
+                               id_field=fields.id_field, answer_from=fields.answer_from).problems
+    }
+    schedule = PromptSchedule(len(kept), args.prompts, args.seed, config.data.shuffle)
     rows = [
         {
-            "prompt": [{"role": "system", "content": TOY_SYSTEM_PROMPT}, {"role": "user", "content": problems[i]["problem"]}],
-            "answer": problems[i]["answer"],
+            "prompt": [{"role": "system", "content": paths.system_prompt}, {"role": "user", "content": texts[kept[i].problem_id]}],
+            "answer": kept[i].answer,
         }
         for step in range(1, args.steps + 1)
         for i in schedule.indices_for_step(step)
     ]
+    format_rule = FORMAT_RULES[config.reward.format_rule]
 
     def reward(completions, answer, **_):
         scores = []
         for completion, reference in zip(completions, answer):
             text = completion[0]["content"] if isinstance(completion, list) else completion
             verdict = grade_plain_integers(text, reference) or grade_accuracy(text, reference)
-            scores.append(0.9 * verdict[0] + 0.1 * format_reward(text))
+            scores.append(config.reward.accuracy_weight * verdict[0] + config.reward.format_weight * format_rule(text))
         return scores
 
-    model = AutoModelForCausalLM.from_pretrained(str(world.policy_dir), dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(world.policy_dir))
+    model = AutoModelForCausalLM.from_pretrained(paths.policy_dir, dtype=torch.float32)
     tokenizer.padding_side = "left"
     generate_seconds: list[float] = []
     original_generate = model.generate
