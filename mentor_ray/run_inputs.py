@@ -52,8 +52,12 @@ def _uses_toy(config: MentorConfig) -> bool:
 
 
 def _resolve(path: str | None, toy_paths: dict[str, str], key: str) -> str | None:
-    if path is None or not path.startswith(TOY_SCHEME):
-        return path
+    if path is None:
+        return None
+    if not path.startswith(TOY_SCHEME):
+        # Local paths are made absolute here: learner workers and actors run in working
+        # folders of their own, where a relative path would name nothing.
+        return os.path.abspath(path) if os.path.exists(path) else path
     name = path[len(TOY_SCHEME):]
     if name not in toy_paths:
         raise ConfigError(f"{key}={path!r}: unknown toy-world item; allowed: {sorted(TOY_SCHEME + k for k in toy_paths)}")
