@@ -1,10 +1,13 @@
-"""Rollout throughput on the toy models: vLLM policy and mixed engines vs the torch reference.
+"""Rollout throughput: vLLM policy and mixed engines vs the torch reference samplers.
 
-    .venv/bin/python benchmarks/bench_engines.py [--prompts 64] [--samples 8] [--new-tokens 128]
-        [--entropy-threshold 0.4] [--repeats 3] [--torch-prompts 64] [--spec-prompts 64]
+    .venv/bin/python benchmarks/bench_engines.py [--config RECIPE.yaml] [--prompts 64] [--samples 8]
+        [--new-tokens 128] [--entropy-threshold 0.4] [--repeats 3] [--torch-prompts 64]
+        [--spec-prompts 64] [--max-model-len N]
 
-Uses the toy world (`build_toy_world`, seed 0): real toy prompts from train.jsonl rendered with
-the chat template, the trained policy and expert. Measures, all in this process:
+By default uses the toy world (`build_toy_world`, seed 0): real toy prompts from train.jsonl
+rendered with the chat template, the trained policy and expert. With `--config` it uses that
+recipe's policy, expert, training problems and system prompt instead (e.g.
+configs/smollm2-135m-gsm8k.yaml: SmolLM2-135M, GSM8K). Measures, all in this process:
 - generated tokens/s of `PolicyEngine` and of `MixedEngine` at tau = --entropy-threshold
   (plus the mean mixture weight w_t over the generated tokens);
 - generated tokens/s of the torch reference samplers (`naive_mixed_sample` and
@@ -34,6 +37,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mentor_ray.rollout.requests import CPU_ENGINE_ENV  # noqa: E402 - no vLLM import
 
@@ -138,6 +142,27 @@ class MachineShare:
         return max(0.0, (now[1] - before[1]) - (now[2] - before[2])) / (now[0] - before[0])
 
 
+def load_recipe_prompt_sets(config_path: str, prompts_per_set: int, sets: int):
+    """(policy dir, expert dir, tokenizer, prompt sets) of a recipe: its own training problems,
+    loaded, rendered and length-filtered as a run does, in file order."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    from mentor_ray.config import load_config
+    from mentor_ray.run_inputs import load_tokenized_problems, resolve_run_paths
+
+    config = load_config(config_path)
+    paths = resolve_run_paths(config, Path(tempfile.mkdtemp(prefix="bench-engines-")))
+    tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
+    problems, _ = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train",
+                                          limit=prompts_per_set * sets, say=lambda _: None)
+    encoded = [p.prompt_token_ids for p in problems]
+    if len(encoded) < prompts_per_set * sets:
+        raise ValueError(f"{paths.train_path}: {len(encoded)} usable problems, the benchmark needs {prompts_per_set * sets}")
+    return paths.policy_dir, paths.expert_dir or paths.policy_dir, tokenizer, [encoded[i * prompts_per_set : (i + 1) * prompts_per_set] for i in range(sets)]
+
+
 def load_prompt_sets(world, tokenizer, prompts_per_set: int, sets: int) -> list[list[list[int]]]:
     """`sets` disjoint sets of toy train prompts, as token ids (set 0 is for warm-up)."""
     from mentor_ray.prompts import build_chat_prompt
@@ -234,6 +259,8 @@ def _verdict(value: float, target: float, higher_is_better: bool) -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="a recipe YAML: its policy, expert and training prompts")
+    parser.add_argument("--max-model-len", type=int, default=None, help="engine context (default: the model's)")
     parser.add_argument("--prompts", type=int, default=64, help="prompts per vLLM call")
     parser.add_argument("--samples", type=int, default=8, help="samples per prompt")
     parser.add_argument("--new-tokens", type=int, default=128, help="max new tokens per sample")
@@ -264,7 +291,7 @@ def main() -> None:
     rebuild_repeats = args.rebuild_repeats or args.repeats
 
     import torch
-    from transformers import AutoTokenizer, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mentor_ray.reference_sampler import (
         naive_mixed_sample,
@@ -292,27 +319,33 @@ def main() -> None:
         print(f"[{time.perf_counter() - run_started:6.1f}s load {loads[-1]:.2f}{share_text}] {message}",
               flush=True)
 
-    world = build_toy_world(seed=args.toy_seed)
-    log(f"toy world {world.root}")
-    tokenizer = AutoTokenizer.from_pretrained(str(world.policy_dir))
-    prompt_sets = load_prompt_sets(world, tokenizer, args.prompts, args.repeats + 1)
+    if args.config:
+        policy_dir, expert_dir, tokenizer, prompt_sets = load_recipe_prompt_sets(args.config, args.prompts, args.repeats + 1)
+        source = f"recipe {args.config}"
+    else:
+        world = build_toy_world(seed=args.toy_seed)
+        policy_dir, expert_dir = str(world.policy_dir), str(world.expert_dir)
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        prompt_sets = load_prompt_sets(world, tokenizer, args.prompts, args.repeats + 1)
+        source = f"toy world {world.root.name}"
+    log(source)
     prompt_lengths = [len(p) for s in prompt_sets for p in s]
-    config = json.loads((world.policy_dir / "config.json").read_text())
+    config = json.loads((Path(policy_dir) / "config.json").read_text())
     # As the toy recipe's engines (pipelines/roles.py): max_model_len from the model.
-    settings = EngineSettings(max_model_len=int(config["max_position_embeddings"]))
+    settings = EngineSettings(max_model_len=args.max_model_len or int(config["max_position_embeddings"]))
     if args.max_num_seqs is not None:
         settings = dataclasses.replace(settings, max_num_seqs=args.max_num_seqs)
     spec = SamplingSpec(n=args.samples, max_new_tokens=args.new_tokens, seed=0)
-    policy_hf = Qwen2ForCausalLM.from_pretrained(str(world.policy_dir)).eval()
-    expert_hf = Qwen2ForCausalLM.from_pretrained(str(world.expert_dir)).eval()
+    policy_hf = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
+    expert_hf = AutoModelForCausalLM.from_pretrained(expert_dir, dtype=torch.float32).eval()
     # What a learner pushes each step: its parameters (the tied head appears once).
     weights = [(name, tensor.detach().clone()) for name, tensor in policy_hf.named_parameters()]
 
     def build_policy():
-        return PolicyEngine(str(world.policy_dir), settings)
+        return PolicyEngine(policy_dir, settings)
 
     def build_mixed():
-        return MixedEngine(str(world.policy_dir), str(world.expert_dir), settings,
+        return MixedEngine(policy_dir, expert_dir, settings,
                            entropy_threshold=args.entropy_threshold)
 
     log("building engines")
@@ -384,8 +417,8 @@ def main() -> None:
                        TARGET_UPDATE_OVER_REBUILD, False))
 
     print()
-    print(f"Toy world {world.root.name} (policy {config['num_hidden_layers']} layers x "
-          f"{config['hidden_size']}, expert from {world.expert_dir.name}/), fp32, T=1, "
+    print(f"{source} (policy {config['num_hidden_layers']} layers x {config['hidden_size']}, vocabulary "
+          f"{config['vocab_size']}, expert from {Path(expert_dir).name}/), fp32, T=1, "
           f"tau={args.entropy_threshold}. {args.prompts} prompts x {args.samples} samples x up to "
           f"{args.new_tokens} new tokens (prompts {min(prompt_lengths)}-{max(prompt_lengths)} "
           f"tokens); {args.repeats} interleaved rounds on disjoint prompt sets after a "

@@ -45,18 +45,18 @@ def main() -> None:
     from mentor_ray.rewards import FORMAT_RULES, grade_accuracy, grade_plain_integers
     from mentor_ray.run_inputs import data_row_fields, load_tokenized_problems, resolve_run_paths
 
-    config = load_config(args.config, [f"seed={args.seed}"])
-    paths = resolve_run_paths(config, Path(tempfile.mkdtemp(prefix="trl-peer-run-")))
+    run_config = load_config(args.config, [f"seed={args.seed}"])
+    paths = resolve_run_paths(run_config, Path(tempfile.mkdtemp(prefix="trl-peer-run-")))
     tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
     # The run's own training set: loaded, checked and length-filtered as the loop does it.
-    kept, _ = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train", say=lambda _: None)
-    fields = data_row_fields(paths.train_path, config, "data.train_path")
+    kept, _ = load_tokenized_problems(paths.train_path, run_config, tokenizer, paths.system_prompt, "train", say=lambda _: None)
+    fields = data_row_fields(paths.train_path, run_config, "data.train_path")
     texts = {
         p.problem_id: p.problem
         for p in load_problems(paths.train_path, problem_field=fields.problem_field, answer_field=fields.answer_field,
                                id_field=fields.id_field, answer_from=fields.answer_from).problems
     }
-    schedule = PromptSchedule(len(kept), args.prompts, args.seed, config.data.shuffle)
+    schedule = PromptSchedule(len(kept), args.prompts, args.seed, run_config.data.shuffle)
     rows = [
         {
             "prompt": [{"role": "system", "content": paths.system_prompt}, {"role": "user", "content": texts[kept[i].problem_id]}],
@@ -65,14 +65,15 @@ def main() -> None:
         for step in range(1, args.steps + 1)
         for i in schedule.indices_for_step(step)
     ]
-    format_rule = FORMAT_RULES[config.reward.format_rule]
+    format_rule = FORMAT_RULES[run_config.reward.format_rule]
+    weights = run_config.reward
 
     def reward(completions, answer, **_):
         scores = []
         for completion, reference in zip(completions, answer):
             text = completion[0]["content"] if isinstance(completion, list) else completion
             verdict = grade_plain_integers(text, reference) or grade_accuracy(text, reference)
-            scores.append(config.reward.accuracy_weight * verdict[0] + config.reward.format_weight * format_rule(text))
+            scores.append(weights.accuracy_weight * verdict[0] + weights.format_weight * format_rule(text))
         return scores
 
     model = AutoModelForCausalLM.from_pretrained(paths.policy_dir, dtype=torch.float32)

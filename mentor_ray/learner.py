@@ -604,6 +604,9 @@ class PolicyLearner:
     def export_weights(self) -> dict[str, torch.Tensor] | None:
         """The full state dict with HF names on rank 0 (None elsewhere). Collective.
 
+        A tensor shared by two names (a head tied to the embedding) is exported once, under
+        its first name, as a tied checkpoint stores it: not a second 25-75% of the model's
+        bytes through the object store and into saved folders.
         Under ZeRO-3 each parameter is gathered in turn, so at most one full parameter is
         materialised beyond rank 0's growing copy.
         """
@@ -611,9 +614,15 @@ class PolicyLearner:
         if self.config.deepspeed.zero_stage != 3:
             if self.rank != 0:
                 return None
-            return {name: tensor.detach().cpu().clone() for name, tensor in module.state_dict().items()}
+            weights, seen = {}, set()
+            for name, tensor in module.state_dict().items():
+                if tensor.data_ptr() in seen and tensor.numel() > 0:
+                    continue
+                seen.add(tensor.data_ptr())
+                weights[name] = tensor.detach().cpu().clone()
+            return weights
         weights: dict[str, torch.Tensor] = {}
-        for name, parameter in module.named_parameters(remove_duplicate=False):
+        for name, parameter in module.named_parameters():  # shared parameters once
             with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None):
                 if self.rank == 0:
                     weights[name] = parameter.detach().cpu().clone()

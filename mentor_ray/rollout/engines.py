@@ -63,10 +63,13 @@ class EngineSettings:
     # engine ("CPU Generator does not use offset") when a seeded request's prefill is split
     # over steps (gpu_model_runner._bookkeeping_sync rewinds the generator's offset).
     enable_chunked_prefill: bool | None = None
-    # One throw-away generation at build time, shaped like a rollout (max_num_seqs sequences
-    # finishing at every length up to 64): on CPU the first call otherwise pays seconds of
-    # kernel set-up per batch shape (measured 5.0 s vs 0.5 s for 32 prompts x 8 on the toy).
+    # One throw-away generation at build time, shaped like a rollout (warm_up_sequences
+    # sequences finishing at every length up to 64): on CPU the first call otherwise pays
+    # seconds of kernel set-up per batch shape (measured 5.0 s vs 0.5 s for 32 prompts x 8 on
+    # the toy). None: max_num_seqs. A run sets it to its own rollout's size, since the warm-up
+    # costs real generation at real model sizes (85 s for 64 sequences at 135M on 2 cores).
     warm_up: bool = True
+    warm_up_sequences: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
@@ -234,7 +237,7 @@ class _VllmEngine:
         prompt = {"prompt_token_ids": [i % self.vocab_size for i in range(1, 9)]}
         params = [
             SamplingParams(max_tokens=1 + i % 64, ignore_eos=True, seed=i, logprobs=0, detokenize=False)
-            for i in range(self.settings.max_num_seqs)
+            for i in range(min(self.settings.warm_up_sequences or self.settings.max_num_seqs, self.settings.max_num_seqs))
         ]
         self._llm.generate([prompt] * len(params), params, use_tqdm=False)
         self._llm.reset_prefix_cache()
