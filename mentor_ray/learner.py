@@ -611,17 +611,17 @@ class PolicyLearner:
         materialised beyond rank 0's growing copy.
         """
         module = self.module
+        weights: dict[str, torch.Tensor] = {}
         if self.config.deepspeed.zero_stage != 3:
             if self.rank != 0:
                 return None
-            weights, seen = {}, set()
+            seen: set[int] = set()
             for name, tensor in module.state_dict().items():
                 if tensor.data_ptr() in seen and tensor.numel() > 0:
                     continue
                 seen.add(tensor.data_ptr())
                 weights[name] = tensor.detach().cpu().clone()
             return weights
-        weights: dict[str, torch.Tensor] = {}
         for name, parameter in module.named_parameters():  # shared parameters once
             with deepspeed.zero.GatheredParameters([parameter], modifier_rank=None):
                 if self.rank == 0:
