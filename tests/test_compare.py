@@ -51,3 +51,32 @@ def test_pass_at_k_of_two_final_models(toy_world, tmp_path):
     # Measured: the expert's sampled accuracy is ~0.53, the policy's ~0.31 (test_toy_world).
     assert numbers["expert_pass_at_1"] > numbers["policy_pass_at_1"] + 0.1
     assert (tmp_path / "compare" / "plots" / "pass_at_k.png").stat().st_size > 5000
+
+
+def _seed_numbers(val_gap: float, pass_gap: float, entropy_ratio: float) -> dict[str, float]:
+    return {"final_val_accuracy": 0.5 + val_gap, "grpo_final_val_accuracy": 0.5, "initial_val_accuracy": 0.2,
+            "mentor_pass_at_32": 0.9 + pass_gap, "grpo_pass_at_32": 0.9,
+            "mentor_entropy_end_of_guidance": 0.1 * entropy_ratio, "grpo_entropy_end_of_guidance": 0.1}
+
+
+def test_summary_states_an_effect_only_when_it_holds_on_every_seed():
+    from pipelines.compare import summarize, summary_markdown
+
+    holds = summarize({1: _seed_numbers(0.08, 0.02, 1.5), 2: _seed_numbers(0.06, 0.01, 1.1), 3: _seed_numbers(0.10, 0.03, 1.3)})
+    verdicts = {e["effect"].split(",")[0]: e["holds"] for e in holds["effects"]}
+    assert verdicts == {"final val accuracy": True, "pass@32": True, "entropy at the end of guidance": True}
+    accuracy = holds["effects"][0]
+    assert accuracy["mean"] == pytest.approx(0.08) and accuracy["std"] == pytest.approx(0.02)
+    assert holds["spread"]["final_val_accuracy"]["min"] == pytest.approx(0.56)
+
+    # One seed short of +5 points, one tie at pass@32: neither effect is claimed; the entropy
+    # claim is on the mean (1.5, 1.1, 1.1: mean 1.23 holds even with two seeds under 1.2).
+    mixed = summarize({1: _seed_numbers(0.08, 0.02, 1.5), 2: _seed_numbers(0.04, 0.0, 1.1), 3: _seed_numbers(0.10, 0.03, 1.1)})
+    assert [e["holds"] for e in mixed["effects"]] == [False, False, True]
+    table = summary_markdown(mixed)
+    assert "| seed 1 | seed 2 | seed 3 |" in table and "+0.040" in table and "| every seed | no |" in table
+
+    # pass@k skipped: that effect is not measured, not failed.
+    without = summarize({1: {k: v for k, v in _seed_numbers(0.1, 0.1, 2.0).items() if "pass" not in k}})
+    assert [e["measured"] for e in without["effects"]] == [True, False, True]
+    assert "not measured" in summary_markdown(without)

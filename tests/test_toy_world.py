@@ -288,6 +288,44 @@ def test_half_written_build_is_rebuilt_and_cache_is_reused(tmp_path):
     assert (rebuilt.root / REPORT_FILE).is_file()
 
 
+def test_a_world_differing_only_in_its_policy_copies_the_expert(tmp_path):
+    import dataclasses
+
+    first = build_toy_world(tmp_path, recipe=_tiny_recipe(), log=lambda _: None)
+    recipe = _tiny_recipe()
+    second_recipe = dataclasses.replace(recipe, policy=dataclasses.replace(recipe.policy, early_stop_rate=0.9))
+    messages = []
+    second = build_toy_world(tmp_path, recipe=second_recipe, log=messages.append)
+    assert second.root != first.root
+    assert second.report["expert"]["copied_from_world"] == recipe.digest()
+    assert "copied_from_world" not in second.report["policy"]
+    assert (second.expert_dir / "model.safetensors").read_bytes() == (first.expert_dir / "model.safetensors").read_bytes()
+    assert any("expert: copied" in m for m in messages) and not any("policy: copied" in m for m in messages)
+    # Anything the expert's build reads (here its SFT schedule) makes it a different expert.
+    third_recipe = dataclasses.replace(recipe, expert=dataclasses.replace(recipe.expert, sft_steps=4))
+    third = build_toy_world(tmp_path, recipe=third_recipe, log=lambda _: None)
+    assert "copied_from_world" not in third.report["expert"] and third.report["policy"]["copied_from_world"] == recipe.digest()
+    # force trains every model again.
+    forced = build_toy_world(tmp_path, recipe=second_recipe, force=True, log=lambda _: None)
+    assert "copied_from_world" not in forced.report["expert"]
+
+
+def test_named_worlds_resolve_from_configs_and_unknown_names_are_config_errors(toy_world):
+    from mentor_ray.config import ConfigError
+    from mentor_ray.run_inputs import resolve_data_path, resolve_model_dir
+    from mentor_ray.toy_world.build import TOY_WORLDS, world_recipe
+
+    assert resolve_data_path("toy://default/eval", "data.eval_path") == str(toy_world.eval_path)
+    assert resolve_model_dir("toy://policy", "model.policy_path") == str(toy_world.policy_dir)
+    with pytest.raises(ConfigError, match="unknown toy world 'nowhere'.*rare-finish"):
+        resolve_model_dir("toy://nowhere/policy", "model.policy_path")
+    with pytest.raises(ConfigError, match=r"toy://rare-finish/policy"):
+        resolve_model_dir("toy://rare-finish/polcy", "model.policy_path")
+    with pytest.raises(ValueError, match="unknown toy world"):
+        world_recipe("nowhere")
+    assert len({recipe.digest() for recipe in TOY_WORLDS.values()}) == len(TOY_WORLDS)
+
+
 def test_seed_argument_conflicting_with_recipe_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="conflicts"):
         build_toy_world(tmp_path, seed=3, recipe=_tiny_recipe(seed=4))

@@ -1,8 +1,9 @@
-"""``python -m mentor_ray.toy_world [--seed N] [--force] [--ship] [--cache-root DIR] [--habits MODEL_DIR ...]``
+"""``python -m mentor_ray.toy_world [--world NAME] [--seed N] [--force] [--ship] [--cache-root DIR] [--habits MODEL_DIR ...]``
 
-Shows the toy world (the shipped one for the default recipe), or builds it: ``--force``
-rebuilds into the cache, ``--ship`` then copies the build into the package
-(``mentor_ray/toy_world/shipped``) with a fresh manifest. With ``--habits``, it also samples
+Shows a toy world (the shipped one when its recipe was shipped), or builds it: ``--force``
+rebuilds into the cache (every model trained again), ``--ship`` copies the build into the
+package (``mentor_ray/toy_world/shipped`` for the default world, ``shipped-<name>`` for a named
+one) with a fresh manifest. With ``--habits``, it also samples
 each model folder (the toy policy, the expert, a run's ``final_model``) on the eval problems and prints its habits:
 accuracy, how often it stops a step early, and how often it swaps operands.
 """
@@ -13,11 +14,23 @@ import argparse
 import json
 from pathlib import Path
 
-from mentor_ray.toy_world.build import build_toy_world, default_cache_root, ship_world
+import dataclasses
+
+from mentor_ray.toy_world.build import (
+    SHIPPED_PREFIX,
+    SHIPPED_ROOT,
+    TOY_WORLDS,
+    build_toy_world,
+    default_cache_root,
+    ship_world,
+    shipped_roots,
+    world_recipe,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mentor_ray.toy_world", description=__doc__)
+    parser.add_argument("--world", default="default", choices=sorted(TOY_WORLDS), help="which world (default: default)")
     parser.add_argument("--seed", type=int, default=0, help="build seed (default 0)")
     parser.add_argument("--force", action="store_true", help="rebuild even if shipped or cached")
     parser.add_argument("--ship", action="store_true", help="copy the (re)built default world into the package")
@@ -26,11 +39,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--habits", nargs="+", default=[], metavar="MODEL_DIR", help="model folders to sample and describe")
     args = parser.parse_args(argv)
-    world = build_toy_world(cache_root=args.cache_root, seed=args.seed, force=args.force or args.ship)
+    if args.ship and args.seed != 0:
+        parser.error("--ship ships a world at its own seed (0)")
+    recipe = dataclasses.replace(world_recipe(args.world), seed=args.seed)
+    world = build_toy_world(cache_root=args.cache_root, recipe=recipe, force=args.force)
     if args.ship:
-        if args.seed != 0:
-            parser.error("--ship ships the default world (seed 0)")
-        print(f"shipped to {ship_world(world)}")
+        if world.root in shipped_roots():
+            parser.error(f"{world.root} is already the shipped build of this recipe; --force --ship rebuilds and ships it")
+        destination = SHIPPED_ROOT if args.world == "default" else SHIPPED_ROOT.with_name(SHIPPED_PREFIX + args.world)
+        print(f"shipped to {ship_world(world, destination)}")
     if args.habits:
         print_habits(args.habits, world.eval_path)
         return

@@ -52,6 +52,8 @@ CACHE_ENV_VAR = "MENTOR_RAY_CACHE"
 REPORT_FILE = "report.json"
 MANIFEST_FILE = "MANIFEST"
 SHIPPED_ROOT = Path(__file__).parent / "shipped"
+# Named worlds beside the default ship in sibling folders: shipped-<name>.
+SHIPPED_PREFIX = "shipped-"
 # Fixed so the build is reproducible bit for bit (float reductions depend on the split).
 # One thread, not two: these models are so small that intra-op parallelism gains little, and
 # on a shared 2-core machine (other tests, Ray workers) two OpenMP threads stall each other:
@@ -114,6 +116,30 @@ class ToyWorldRecipe:
     def digest(self) -> str:
         text = json.dumps(dataclasses.asdict(self), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _rare_finish_world() -> ToyWorldRecipe:
+    """The default world with a policy that almost never finishes its working.
+
+    Its SFT data boxes an answer one step early in RARE_FINISH_EARLY_STOP_RATE of the
+    multi-step solutions, so at the last step boundary it writes ``;`` (go on) rarely: the
+    behaviour that earns reward is one the policy seldom samples, which is where on-policy
+    exploration stalls and guidance at that uncertain token pays. Everything else (data,
+    tokenizer, the expert, copied from the default world) is the default world's.
+    """
+    default = ToyWorldRecipe()
+    return dataclasses.replace(default, policy=dataclasses.replace(default.policy, early_stop_rate=RARE_FINISH_EARLY_STOP_RATE))
+
+
+RARE_FINISH_EARLY_STOP_RATE = 0.9
+# World name -> recipe; `toy://<name>/<item>` in a config names an item of a named world.
+TOY_WORLDS: dict[str, ToyWorldRecipe] = {"default": ToyWorldRecipe(), "rare-finish": _rare_finish_world()}
+
+
+def world_recipe(name: str) -> ToyWorldRecipe:
+    if name not in TOY_WORLDS:
+        raise ValueError(f"unknown toy world {name!r}; known: {sorted(TOY_WORLDS)}")
+    return TOY_WORLDS[name]
 
 
 @dataclass(frozen=True)
@@ -181,18 +207,51 @@ def build_toy_world(
                     return cached
             if root.exists():
                 shutil.rmtree(root)
-            return _build(root, recipe, log)
+            # force rebuilds every model too; otherwise a model built before from the same inputs is copied.
+            return _build(root, recipe, log, None if force else cache_root)
         finally:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+def shipped_roots() -> list[Path]:
+    """Every world shipped in the package: the default first, then the named ones."""
+    return [SHIPPED_ROOT, *sorted(SHIPPED_ROOT.parent.glob(SHIPPED_PREFIX + "*"))]
+
+
 def shipped_world(recipe: ToyWorldRecipe | None = None) -> ToyWorld | None:
-    """The world shipped in the package, if it was built from ``recipe`` (default: the default)."""
-    shipped = _read_finished(SHIPPED_ROOT)
+    """The world shipped in the package, if one was built from ``recipe`` (default: the default)."""
     wanted = (recipe or ToyWorldRecipe()).digest()
-    if shipped is None or shipped.report.get("recipe_hash") != wanted:
-        return None
-    return shipped
+    for root in shipped_roots():
+        shipped = _read_finished(root)
+        if shipped is not None and shipped.report.get("recipe_hash") == wanted:
+            return shipped
+    return None
+
+
+def model_inputs(recipe: dict, name: str) -> dict:
+    """Everything one model's build reads: the recipe (as JSON data) without the other model.
+
+    Two worlds that differ only in the policy share the expert: its SFT data, seed and
+    schedule do not depend on the policy's recipe (``make_datasets`` draws each model's data
+    from its own seeds).
+    """
+    other = "policy" if name == "expert" else "expert"
+    return json.loads(json.dumps({key: value for key, value in recipe.items() if key != other}))
+
+
+def _built_model(name: str, recipe: ToyWorldRecipe, cache_root: Path) -> ToyWorld | None:
+    """A finished world (shipped first, then cached) whose ``name`` model was built from the
+    same inputs as ``recipe``'s: copying it gives the same model as training it, and the
+    shipped copy is the same on every machine (training is not, across CPUs)."""
+    wanted = model_inputs(dataclasses.asdict(recipe), name)
+    candidates = shipped_roots()
+    if cache_root.is_dir():
+        candidates += sorted(path for path in cache_root.iterdir() if path.is_dir())
+    for root in candidates:
+        world = _read_finished(root)
+        if world is not None and "recipe" in world.report and model_inputs(world.report["recipe"], name) == wanted:
+            return world
+    return None
 
 
 def file_digests(root: Path) -> dict[str, str]:
@@ -260,7 +319,7 @@ def make_datasets(recipe: ToyWorldRecipe) -> dict[str, list[dict]]:
     return {"train": train_set, "eval": eval_set, "sft_expert": sft_sets["expert"], "sft_policy": sft_sets["policy"]}
 
 
-def _build(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], None]) -> ToyWorld:
+def _build(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], None], cache_root: Path | None = None) -> ToyWorld:
     # Heavy imports here, so reading a cached world stays fast and light.
     import torch
 
@@ -268,12 +327,12 @@ def _build(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], None]) -> To
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(BUILD_THREADS)
     try:
-        return _build_with_torch(root, recipe, log)
+        return _build_with_torch(root, recipe, log, cache_root)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _build_with_torch(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], None]) -> ToyWorld:
+def _build_with_torch(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], None], cache_root: Path | None) -> ToyWorld:
     from mentor_ray.toy_world.tokenizer import save_toy_tokenizer
 
     started = time.perf_counter()
@@ -288,6 +347,12 @@ def _build_with_torch(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], N
     for offset, (name, model_recipe, directory) in enumerate(
         (("expert", recipe.expert, world.expert_dir), ("policy", recipe.policy, world.policy_dir)), start=1
     ):
+        source = _built_model(name, recipe, cache_root) if cache_root is not None else None
+        if source is not None:
+            shutil.copytree(source.root / name, directory)
+            report[name] = {**source.report[name], "copied_from_world": source.report["recipe_hash"]}
+            log(f"[toy-world] {name}: copied from world {source.report['recipe_hash']} (same build inputs)")
+            continue
         report[name] = _train_and_save(
             name, model_recipe, recipe, tokenizer, datasets[f"sft_{name}"], datasets["eval"],
             directory, seed=recipe.seed * 1000 + offset, log=log,
