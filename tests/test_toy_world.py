@@ -353,6 +353,24 @@ def test_default_recipe_is_served_from_the_shipped_world_intact(toy_world, tmp_p
     assert manifest == file_digests(SHIPPED_ROOT), "shipped toy world differs from its MANIFEST"
 
 
+def test_every_named_world_is_shipped_intact_and_rare_finish_rarely_finishes():
+    from mentor_ray.toy_world.build import TOY_WORLDS, shipped_world
+
+    for name, recipe in TOY_WORLDS.items():
+        world = shipped_world(recipe)
+        assert world is not None, f"toy world {name!r} is not shipped"
+        manifest = dict(reversed(line.split("  ")) for line in (world.root / MANIFEST_FILE).read_text().splitlines())
+        assert manifest == file_digests(world.root), f"shipped toy world {name!r} differs from its MANIFEST"
+    default, rare = shipped_world(TOY_WORLDS["default"]), shipped_world(TOY_WORLDS["rare-finish"])
+    # The same expert, data and prompts; only the policy differs.
+    assert rare.report["expert"]["copied_from_world"] == default.report["recipe_hash"]
+    for item in ("expert/model.safetensors", "train.jsonl", "eval.jsonl"):
+        assert (rare.root / item).read_bytes() == (default.root / item).read_bytes(), item
+    # The designed bottleneck: it samples a finished working about one time in ten.
+    assert rare.report["policy"]["sampled_early_stop_rate"] >= 0.85 > default.report["policy"]["sampled_early_stop_rate"]
+    assert rare.report["policy"]["sampled_accuracy"] < 0.1 < default.report["policy"]["sampled_accuracy"]
+
+
 def test_build_meets_accuracy_targets(toy_world):
     expert, policy = toy_world.report["expert"], toy_world.report["policy"]
     assert expert["greedy_accuracy"] >= 0.6

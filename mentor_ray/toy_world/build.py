@@ -6,6 +6,8 @@ each machine different models and different numbers, and the build costs 5-11 mi
 recipe whose hash matches the shipped report is served from there; any other recipe (or
 ``force``) is built and cached. ``python -m mentor_ray.toy_world --ship`` rebuilds the default
 world into the package; ``MANIFEST`` there holds every file's sha256, checked by the tests.
+Named worlds (``TOY_WORLDS``) ship the same way in ``shipped-<name>``
+(``--world NAME --ship``).
 
 Everything follows from a frozen ``ToyWorldRecipe``; the cache folder is named by a hash of it,
 so changing any build parameter (or bumping ``TOY_WORLD_VERSION``) builds a new world beside
