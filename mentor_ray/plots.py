@@ -42,12 +42,17 @@ def plot_runs(runs: dict[str, Path], out_dir: Path) -> list[Path]:
             axes.legend()
         else:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
-        figure.tight_layout()
-        path = out_dir / file_name
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        written.append(path)
+        written.append(_save(figure, out_dir / file_name))
     return written
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def plot_seeds(pairs: dict[int, dict[str, Path]], out_dir: Path) -> list[Path]:
@@ -73,11 +78,7 @@ def plot_seeds(pairs: dict[int, dict[str, Path]], out_dir: Path) -> list[Path]:
         axes.set_title(title)
         axes.set_xlabel("step")
         axes.legend(fontsize=7, ncol=2)
-        figure.tight_layout()
-        path = out_dir / file_name
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        written.append(path)
+        written.append(_save(figure, out_dir / file_name))
     return written
 
 
