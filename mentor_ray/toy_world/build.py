@@ -120,20 +120,22 @@ class ToyWorldRecipe:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+RARE_FINISH_EARLY_STOP_RATE = 0.9
+
+
 def _rare_finish_world() -> ToyWorldRecipe:
-    """The default world with a policy that almost never finishes its working.
+    """The default world with a policy that seldom finishes its working.
 
     Its SFT data boxes an answer one step early in RARE_FINISH_EARLY_STOP_RATE of the
     multi-step solutions, so at the last step boundary it writes ``;`` (go on) rarely: the
-    behaviour that earns reward is one the policy seldom samples, which is where on-policy
-    exploration stalls and guidance at that uncertain token pays. Everything else (data,
-    tokenizer, the expert, copied from the default world) is the default world's.
+    behaviour that earns reward is one the policy seldom samples, the setting where guidance
+    is meant to pay (benchmarks/RESULTS.md has what MENTOR and GRPO make of it). Everything
+    else (data, tokenizer, the expert, copied from the default world) is the default world's.
     """
     default = ToyWorldRecipe()
     return dataclasses.replace(default, policy=dataclasses.replace(default.policy, early_stop_rate=RARE_FINISH_EARLY_STOP_RATE))
 
 
-RARE_FINISH_EARLY_STOP_RATE = 0.9
 # World name -> recipe; `toy://<name>/<item>` in a config names an item of a named world.
 TOY_WORLDS: dict[str, ToyWorldRecipe] = {"default": ToyWorldRecipe(), "rare-finish": _rare_finish_world()}
 
