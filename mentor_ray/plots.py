@@ -74,7 +74,7 @@ def plot_seeds(pairs: dict[int, dict[str, Path]], out_dir: Path) -> list[Path]:
                 points = [(r["step"], r[key]) for r in history if r.get(key) is not None and not math.isnan(r[key])]
                 if points:
                     axes.plot(*zip(*points), style, color=f"C{index}", marker="o" if key.startswith("val") else None,
-                              markersize=3, label=f"{label.upper() if label == 'grpo' else 'MENTOR'} seed {seed}")
+                              markersize=3, label=f"{label.upper()} seed {seed}")
         axes.set_title(title)
         axes.set_xlabel("step")
         axes.legend(fontsize=7, ncol=2)

@@ -62,6 +62,7 @@ class Effect:
     value: Callable[[dict], float]
     holds: Callable[[float], bool]
     every_seed: bool  # False: the claim is about the mean over seeds
+    value_format: str = "{:+.3f}"  # a difference; ratios use "{:.2f}"
 
 
 EFFECTS = (
@@ -71,7 +72,7 @@ EFFECTS = (
            lambda n: n["mentor_pass_at_32"] - n["grpo_pass_at_32"], lambda v: v > 0, every_seed=True),
     Effect("entropy at the end of guidance, MENTOR / GRPO (mean >= 1.2)",
            lambda n: n["mentor_entropy_end_of_guidance"] / n["grpo_entropy_end_of_guidance"], lambda v: v >= 1.2,
-           every_seed=False),
+           every_seed=False, value_format="{:.2f}"),
 )
 
 
@@ -95,7 +96,8 @@ def summarize(per_seed: dict[int, dict[str, float]]) -> dict:
             effects.append({"effect": effect.name, "measured": False})
             continue
         holds = all(effect.holds(v) for v in values.values()) if effect.every_seed else effect.holds(statistics.fmean(values.values()))
-        effects.append({"effect": effect.name, "measured": True, "per_seed": values, **_spread(list(values.values())),
+        effects.append({"effect": effect.name, "measured": True, "per_seed": values, "value_format": effect.value_format,
+                        **_spread(list(values.values())),
                         "judged_on": "every seed" if effect.every_seed else "mean over seeds", "holds": holds})
     return {"seeds": sorted(per_seed), "per_seed": per_seed, "spread": spread, "effects": effects}
 
@@ -140,7 +142,7 @@ def summary_markdown(summary: dict) -> str:
         if not effect["measured"]:
             lines.append(f"| {effect['effect']} | " + " | ".join("-" for _ in seeds) + " | - | - | not measured |")
             continue
-        values = " | ".join(f"{effect['per_seed'][s]:+.3f}" if "-" in effect["effect"] else f"{effect['per_seed'][s]:.2f}" for s in seeds)
+        values = " | ".join(effect["value_format"].format(effect["per_seed"][s]) for s in seeds)
         lines.append(f"| {effect['effect']} | {values} | {effect['mean']:.3f} ± {effect['std']:.3f} | {effect['judged_on']} | "
                      f"{'yes' if effect['holds'] else 'no'} |")
     return "\n".join(lines) + "\n"
