@@ -110,8 +110,14 @@ def test_rare_finish_world_one_seed_has_the_sign_of_each_effect(tmp_path):
     assert numbers["mentor_sampled_accuracy"] > numbers["grpo_sampled_accuracy"]
 
 
-def test_plot_seeds_draws_every_seed_of_both_methods(tmp_path):
+def test_plot_seeds_draws_every_seed_of_both_methods(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
     from mentor_ray.plots import plot_seeds
+
+    labels = []
+    original_plot = Axes.plot
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **k: labels.append(k.get("label")) or original_plot(self, *a, **k))
 
     pairs = {}
     for seed in (1, 2):
@@ -126,3 +132,5 @@ def test_plot_seeds_draws_every_seed_of_both_methods(tmp_path):
     written = plot_seeds(pairs, tmp_path / "plots")
     assert [p.name for p in written] == ["seeds_val_accuracy.png", "seeds_entropy.png"]
     assert all(p.stat().st_size > 5000 for p in written)
+    drawn = ["MENTOR seed 1", "GRPO seed 1", "MENTOR seed 2", "GRPO seed 2"]
+    assert labels == drawn + drawn  # both panels
