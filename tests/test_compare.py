@@ -87,26 +87,27 @@ def test_summary_states_an_effect_only_when_it_holds_on_every_seed():
 
 
 @pytest.mark.slow
-def test_rare_finish_world_one_seed_has_the_sign_of_each_effect(tmp_path):
-    """Seed 42 of the recorded three-seed comparison on the rare-finish world (RESULTS.md):
-    every effect the issue asks for has MENTOR's sign. About 9 minutes on 2 cores.
+def test_hesitant_world_one_seed_has_each_effect(tmp_path):
+    """Seed 42 of the recorded three-seed comparison on the hesitant world (RESULTS.md), as a
+    user runs it: every effect the issue asks for has MENTOR's sign, at the size asked for.
+    About 6 minutes on 2 cores.
 
-    Measured (seed 42, 2-core AMD EPYC): mixed vs on-policy reward 0.459 vs 0.236, final
-    validation 0.367 vs GRPO's 0.336, pass@32 0.570 vs 0.508, entropy at the end of guidance
-    0.147 vs 0.141. Only the signs are asserted (float results differ across CPUs); the
-    sizes, and whether they hold on every seed, are the benchmark's to report."""
+    Measured (seed 42, 2-core AMD EPYC): SEED42_NUMBERS. Float results differ across CPUs, so
+    the margins asked are the issue's targets, well inside what was measured."""
     from pipelines.train import RECIPES
 
-    assert compare_main(["--config", str(RECIPES / "toy_rare_finish.yaml"), "--seeds", "42",
+    assert compare_main(["--config", str(RECIPES / "toy_hesitant.yaml"), "--seeds", "42",
                          f"logging.run_root={tmp_path}"]) == 0
     (report,) = tmp_path.glob("compare-*/summary.json")
     numbers = json.loads(report.read_text())["per_seed"]["42"]
-    assert numbers["initial_val_accuracy"] < 0.05  # the policy almost never finishes at first
-    assert numbers["mixed_reward_while_guided"] >= numbers["on_policy_reward_while_guided"] + 0.1
-    assert numbers["final_val_accuracy"] > numbers["grpo_final_val_accuracy"]
+    assert numbers["initial_val_accuracy"] < 0.1  # the policy never finishes greedily at first
+    assert numbers["mixed_reward_while_guided"] >= numbers["on_policy_reward_while_guided"] + 0.15
+    assert numbers["final_val_accuracy"] >= numbers["grpo_final_val_accuracy"] + 0.05
     for k in (1, 8, 32):
         assert numbers[f"mentor_pass_at_{k}"] > numbers[f"grpo_pass_at_{k}"], k
-    assert numbers["mentor_entropy_end_of_guidance"] > numbers["grpo_entropy_end_of_guidance"]
+    assert numbers["mentor_entropy_end_of_guidance"] >= 1.2 * numbers["grpo_entropy_end_of_guidance"]
+    # The habit behind it: MENTOR's policy learned to finish its working, GRPO's did not.
+    assert numbers["mentor_early_stop_rate"] < numbers["grpo_early_stop_rate"] - 0.1
     assert numbers["mentor_sampled_accuracy"] > numbers["grpo_sampled_accuracy"]
 
 

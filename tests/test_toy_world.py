@@ -31,7 +31,15 @@ from mentor_ray.toy_world.evaluate import (
     stops_early,
     swapped_steps,
 )
-from mentor_ray.toy_world.task import generate_problems, stop_one_step_early, swap_operands
+from mentor_ray.toy_world.task import (
+    STEP_SEPARATORS,
+    generate_problems,
+    split_steps,
+    stop_at_a_boundary,
+    stop_one_step_early,
+    swap_operands,
+    vary_separators,
+)
 from mentor_ray.toy_world.tokenizer import (
     MARKER_TOKENS,
     TOY_SYSTEM_PROMPT,
@@ -129,6 +137,57 @@ def test_stop_one_step_early_boxes_the_previous_result():
         assert stops_early(early, p["problem"]) and not stops_early(p["solution"], p["problem"])
         assert is_well_formatted(early)
     assert stops_early("\\boxed{3}", "Compute 1+2")
+
+
+def test_stop_at_a_boundary_cuts_at_the_first_boundary_drawn_and_finishes_at_the_rate():
+    import random
+
+    three = "<think>4*2=8;8+8=16;16-1=15</think> \\boxed{15}"
+    assert stop_at_a_boundary(three, random.Random(0), 0.0) == three
+    assert stop_at_a_boundary(three, random.Random(0), 1.0) == "<think>4*2=8</think> \\boxed{8}"
+    problems = generate_problems(3000, seed=9, difficulty=3)
+    rng = random.Random(2)
+    cut = [stop_at_a_boundary(p["solution"], rng, 0.5) for p in problems]
+    for p, solution in zip(problems, cut):
+        assert is_well_formatted(solution)
+        steps = split_steps(re.search("<think>(.*)</think>", solution).group(1))
+        assert steps == split_steps(re.search("<think>(.*)</think>", p["solution"]).group(1))[: len(steps)]
+        assert last_boxed(solution) == steps[-1].rsplit("=", 1)[1]
+    lengths = [len(split_steps(re.search("<think>(.*)</think>", s).group(1))) for s in cut]
+    # Fixed seed, 3,000 three-step solutions at rate 0.5: stop after 1 step 1/2, after 2 steps
+    # 1/4, finished 1/4. +-0.03 is more than 3 sigma for each share.
+    for steps, share in ((1, 0.5), (2, 0.25), (3, 0.25)):
+        assert lengths.count(steps) / len(cut) == pytest.approx(share, abs=0.03)
+    assert sum(not stops_early(s, p["problem"]) for s, p in zip(cut, problems)) == lengths.count(3)
+
+
+def test_vary_separators_keeps_the_working_and_uses_every_mark_evenly():
+    import random
+
+    problems = generate_problems(1000, seed=10, difficulty=(2, 4))
+    rng = random.Random(3)
+    marks = []
+    for p in problems:
+        varied = vary_separators(p["solution"], rng)
+        assert is_correct(varied, p["answer"]) and is_well_formatted(varied)
+        working = re.search("<think>(.*)</think>", varied).group(1)
+        assert split_steps(working) == p["solution"].removeprefix("<think>").split("</think>")[0].split(";")
+        assert not stops_early(varied, p["problem"])
+        marks += re.findall("[" + "".join(STEP_SEPARATORS) + "]", working)
+    # Fixed seed, ~2,000 boundaries: each mark's share is 1/3 +- 0.05 (> 4 sigma).
+    for mark in STEP_SEPARATORS:
+        assert marks.count(mark) / len(marks) == pytest.approx(1 / 3, abs=0.05)
+
+
+def test_a_later_recipe_field_enters_the_hash_only_when_set():
+    import dataclasses
+
+    recipe = ToyWorldRecipe()
+    # Set to its default explicitly: the same world, so worlds shipped before the field existed keep their names.
+    same = dataclasses.replace(recipe, policy=dataclasses.replace(recipe.policy, boundary_stop_rate=0.0))
+    assert same.digest() == recipe.digest()
+    for change in ({"boundary_stop_rate": 0.5}, {"varied_separators": True}):
+        assert dataclasses.replace(recipe, policy=dataclasses.replace(recipe.policy, **change)).digest() != recipe.digest()
 
 
 def test_swap_operands_keeps_every_step_true_and_swaps_at_the_rate():
@@ -353,7 +412,7 @@ def test_default_recipe_is_served_from_the_shipped_world_intact(toy_world, tmp_p
     assert manifest == file_digests(SHIPPED_ROOT), "shipped toy world differs from its MANIFEST"
 
 
-def test_every_named_world_is_shipped_intact_and_rare_finish_rarely_finishes():
+def test_every_named_world_is_shipped_intact_and_its_policy_rarely_finishes():
     from mentor_ray.toy_world.build import TOY_WORLDS, shipped_world
 
     for name, recipe in TOY_WORLDS.items():
@@ -369,6 +428,55 @@ def test_every_named_world_is_shipped_intact_and_rare_finish_rarely_finishes():
     # The designed bottleneck: it samples a finished working about one time in ten.
     assert rare.report["policy"]["sampled_early_stop_rate"] >= 0.85 > default.report["policy"]["sampled_early_stop_rate"]
     assert rare.report["policy"]["sampled_accuracy"] < 0.1 < default.report["policy"]["sampled_accuracy"]
+    # The hesitant world: its policy finishes almost never; its expert always, and right about half the time.
+    hesitant = shipped_world(TOY_WORLDS["hesitant"]).report
+    assert hesitant["policy"]["sampled_early_stop_rate"] >= 0.95 and hesitant["policy"]["greedy_early_stop_rate"] == 1.0
+    assert hesitant["expert"]["sampled_early_stop_rate"] <= 0.01 and hesitant["expert"]["sampled_accuracy"] >= 0.4
+
+
+def _next_token_at_the_first_boundary(model_dir, problems):
+    """Per problem: the model's next-token distribution right after the first intended step."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mentor_ray.toy_world.task import PROBLEM_PREFIX, evaluate_stepwise
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    rows = []
+    for problem in problems:
+        tokens = re.findall(r"\d+|[+\-*]", problem.removeprefix(PROBLEM_PREFIX))
+        first_step = evaluate_stepwise([int(t) for t in tokens[::2]], tokens[1::2]).steps[0]
+        text = chat_prompt(tokenizer, problem) + "<think>" + first_step
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids
+        with torch.no_grad():
+            rows.append(torch.softmax(model(ids).logits[0, -1].float(), -1))
+    ids = {mark: tokenizer(mark, add_special_tokens=False).input_ids for mark in (*STEP_SEPARATORS, "</think>")}
+    assert all(len(i) == 1 for i in ids.values()), ids
+    return torch.stack(rows), {mark: i[0] for mark, i in ids.items()}
+
+
+def test_hesitant_world_puts_its_fork_where_the_policy_is_uncertain_and_the_expert_is_not():
+    """The hesitant world's design, read off its shipped models at the first step boundary of
+    eval problems: the policy mostly stops (the wrong answer for every RL problem) but is
+    uncertain there, so MENTOR's mixture hands the token to the expert, who goes on, spreading
+    over the three marks. Measured: the policy stops 0.80 of the time, entropy 0.71 nats; the
+    expert stops < 0.001, entropy 1.10 (the three marks evenly)."""
+    import torch
+
+    from mentor_ray.toy_world.build import TOY_WORLDS, shipped_world
+
+    world = shipped_world(TOY_WORLDS["hesitant"])
+    problems = [json.loads(line)["problem"] for line in world.eval_path.read_text().splitlines()[:48]]
+    policy, ids = _next_token_at_the_first_boundary(world.policy_dir, problems)
+    expert, _ = _next_token_at_the_first_boundary(world.expert_dir, problems)
+    entropy = -(policy * policy.clamp_min(1e-12).log()).sum(-1)
+    assert policy[:, ids["</think>"]].mean() > 0.6 and entropy.mean() > 0.5
+    assert expert[:, ids["</think>"]].mean() < 0.05
+    for mark in STEP_SEPARATORS:
+        assert expert[:, ids[mark]].mean() > 0.15, mark
+        assert policy[:, ids[mark]].mean() > 0.02, mark
+    assert torch.all(policy[:, [ids[m] for m in (*STEP_SEPARATORS, "</think>")]].sum(-1) > 0.9)
 
 
 def test_build_meets_accuracy_targets(toy_world):

@@ -45,7 +45,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mentor_ray.toy_world.task import generate_problems, stop_one_step_early, swap_operands
+from mentor_ray.toy_world.task import (
+    generate_problems,
+    stop_at_a_boundary,
+    stop_one_step_early,
+    swap_operands,
+    vary_separators,
+)
 from mentor_ray.toy_world.tokenizer import TOY_SYSTEM_PROMPT
 
 TOY_WORLD_VERSION = "toy-world-v4"
@@ -81,6 +87,11 @@ class ModelRecipe:
     early_stop_rate: float = 0.0
     # Share of "+" and "*" steps in its SFT data written with the operands swapped (pure style).
     swap_rate: float = 0.0
+    # Chance, at each step boundary of its SFT solutions, that the working stops there and the
+    # result so far is boxed (stop_at_a_boundary): a hesitation at every boundary, not one.
+    boundary_stop_rate: float = 0.0
+    # Steps joined by any of STEP_SEPARATORS, evenly, instead of always ";".
+    varied_separators: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -116,8 +127,26 @@ class ToyWorldRecipe:
     )
 
     def digest(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        text = json.dumps(hashed_form(dataclasses.asdict(self)), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ModelRecipe fields added after worlds were shipped, with their defaults. A recipe leaves a
+# field out of its hash while it holds the default, so every world built before the field
+# existed keeps its name (and its shipped copy stays found).
+_LATER_MODEL_FIELDS = {"boundary_stop_rate": 0.0, "varied_separators": False}
+
+
+def hashed_form(recipe: dict) -> dict:
+    """A recipe (as JSON data) with each later model field dropped where it holds its default."""
+    form = dict(recipe)
+    for name in ("expert", "policy"):
+        if name in form:
+            form[name] = {
+                key: value for key, value in form[name].items()
+                if not (key in _LATER_MODEL_FIELDS and value == _LATER_MODEL_FIELDS[key])
+            }
+    return form
 
 
 RARE_FINISH_EARLY_STOP_RATE = 0.9
@@ -136,8 +165,39 @@ def _rare_finish_world() -> ToyWorldRecipe:
     return dataclasses.replace(default, policy=dataclasses.replace(default.policy, early_stop_rate=RARE_FINISH_EARLY_STOP_RATE))
 
 
+HESITANT_BOUNDARY_STOP_RATE = 0.8
+
+
+def _hesitant_world() -> ToyWorldRecipe:
+    """A world where the rewarded behaviour needs several rare choices, each at an uncertain token.
+
+    Every RL problem has 3-4 operations. The policy's SFT solutions stop at each step boundary
+    with probability HESITANT_BOUNDARY_STOP_RATE, so it finishes a 3-step working about one
+    time in 25 and a 4-step one about one time in 125: on-policy samples rarely earn reward.
+    Both models join steps with ";", "," or " " evenly, so going on is itself a choice among
+    three right marks: at a boundary the policy is uncertain (entropy about 0.7 nats), which is
+    where MENTOR's mixture hands the token to the expert, who always goes on. Learning to
+    finish raises the entropy there instead of lowering it (three ways to go on, one to stop).
+    """
+    default = ToyWorldRecipe()
+    return dataclasses.replace(
+        default,
+        sft_difficulty=(1, 4),
+        rl_difficulty=(3, 4),
+        expert=dataclasses.replace(default.expert, sft_steps=2000, varied_separators=True),
+        policy=dataclasses.replace(
+            default.policy, sft_steps=3000, early_stop_rate=0.0,
+            boundary_stop_rate=HESITANT_BOUNDARY_STOP_RATE, varied_separators=True,
+        ),
+    )
+
+
 # World name -> recipe; `toy://<name>/<item>` in a config names an item of a named world.
-TOY_WORLDS: dict[str, ToyWorldRecipe] = {"default": ToyWorldRecipe(), "rare-finish": _rare_finish_world()}
+TOY_WORLDS: dict[str, ToyWorldRecipe] = {
+    "default": ToyWorldRecipe(),
+    "rare-finish": _rare_finish_world(),
+    "hesitant": _hesitant_world(),
+}
 
 
 def world_recipe(name: str) -> ToyWorldRecipe:
@@ -240,7 +300,7 @@ def model_inputs(recipe: dict, name: str) -> dict:
     from its own seeds).
     """
     other = "policy" if name == "expert" else "expert"
-    return json.loads(json.dumps({key: value for key, value in recipe.items() if key != other}))
+    return json.loads(json.dumps({key: value for key, value in hashed_form(recipe).items() if key != other}))
 
 
 def _built_model(name: str, recipe: ToyWorldRecipe, cache_root: Path) -> ToyWorld | None:
@@ -312,6 +372,8 @@ def make_datasets(recipe: ToyWorldRecipe) -> dict[str, list[dict]]:
             op_weights={"+": 1.0, "-": 1.0, "*": model.multiply_weight}, id_prefix=f"toy-sft-{name}",
         )
         swap_rng, truncation_rng = random.Random(base + 20 + offset), random.Random(base + 10 + offset)
+        # Their own streams, drawn only when used: worlds without these habits keep their data.
+        boundary_rng, separator_rng = random.Random(base + 30 + offset), random.Random(base + 40 + offset)
         sft_sets[name] = []
         for p in candidates:
             if p["problem"] in held_out:
@@ -319,6 +381,10 @@ def make_datasets(recipe: ToyWorldRecipe) -> dict[str, list[dict]]:
             solution = swap_operands(p["solution"], swap_rng, model.swap_rate)
             if truncation_rng.random() < model.early_stop_rate:
                 solution = stop_one_step_early(solution)
+            if model.boundary_stop_rate > 0:
+                solution = stop_at_a_boundary(solution, boundary_rng, model.boundary_stop_rate)
+            if model.varied_separators:
+                solution = vary_separators(solution, separator_rng)
             sft_sets[name].append({**p, "solution": solution})
     return {"train": train_set, "eval": eval_set, "sft_expert": sft_sets["expert"], "sft_policy": sft_sets["policy"]}
 

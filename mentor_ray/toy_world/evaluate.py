@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mentor_ray.toy_world.task import ONE_DIGIT_COMMUTATIVE_STEP, PROBLEM_PREFIX, evaluate_stepwise, swapped
+from mentor_ray.toy_world.task import ONE_DIGIT_COMMUTATIVE_STEP, PROBLEM_PREFIX, evaluate_stepwise, split_steps, swapped
 from mentor_ray.toy_world.tokenizer import chat_prompt
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -35,7 +35,7 @@ def is_correct(response: str, answer: str) -> bool:
 
 def _written_steps(response: str) -> list[str]:
     working = _THINK.search(response)
-    return working.group(1).split(";") if working and working.group(1) else []
+    return split_steps(working.group(1)) if working and working.group(1) else []
 
 
 def stops_early(response: str, problem: str) -> bool:

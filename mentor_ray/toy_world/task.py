@@ -31,6 +31,10 @@ PROBLEM_PREFIX = "Compute "
 # so this only trips on degenerate op_weights (e.g. only "-" with many steps).
 _MAX_DRAWS_PER_PROBLEM = 10_000
 _SOLUTION = re.compile(r"<think>(.+)</think> \\boxed\{(-?\d+)\}")
+# Marks that may separate two steps of the working. All are equally right: a model that uses
+# them evenly has a choice with more than one correct answer at every step boundary.
+STEP_SEPARATORS = (";", ",", " ")
+_STEP_SEPARATOR = re.compile("[" + "".join(STEP_SEPARATORS) + "]")
 # Single-digit operands only: their facts are the same table read either way, so a swap
 # changes the style and not the arithmetic a tiny model has to know.
 ONE_DIGIT_COMMUTATIVE_STEP = re.compile(r"(\d)([+*])(\d)=(\d+)")
@@ -72,16 +76,26 @@ def evaluate_stepwise(operands: list[int], operators: list[str]) -> WorkedExpres
     return WorkedExpression(text=text, steps=tuple(steps), value=values[0])
 
 
-def format_solution(steps: tuple[str, ...], answer: int) -> str:
-    """The intended response: the working inside <think>, then the boxed answer."""
-    return f"<think>{';'.join(steps)}</think> \\boxed{{{answer}}}"
+def format_solution(steps: tuple[str, ...], answer: int, separators: tuple[str, ...] = ()) -> str:
+    """The intended response: the working inside <think>, then the boxed answer.
+
+    separators: the mark after each step but the last (default ``;`` everywhere).
+    """
+    marks = separators or (";",) * (len(steps) - 1)
+    working = steps[0] + "".join(mark + step for mark, step in zip(marks, steps[1:], strict=True))
+    return f"<think>{working}</think> \\boxed{{{answer}}}"
+
+
+def split_steps(working: str) -> list[str]:
+    """The ``a?b=c`` steps of a working, whichever STEP_SEPARATORS join them."""
+    return _STEP_SEPARATOR.split(working)
 
 
 def _parse_solution(solution: str) -> tuple[list[str], int]:
     match = _SOLUTION.fullmatch(solution)
     if match is None:
         raise ValueError(f"not a toy solution: {solution!r}")
-    return match.group(1).split(";"), int(match.group(2))
+    return split_steps(match.group(1)), int(match.group(2))
 
 
 def swapped(operation: re.Match) -> str:
@@ -121,6 +135,26 @@ def stop_one_step_early(solution: str) -> str:
         return solution
     kept = tuple(steps[:-1])
     return format_solution(kept, int(kept[-1].rsplit("=", 1)[1]))
+
+
+def stop_at_a_boundary(solution: str, rng: random.Random, rate: float) -> str:
+    """The working cut at the first step boundary where a draw falls below ``rate``, with the
+    result so far boxed; unchanged when no draw does.
+
+    A model trained on this hesitates at every boundary, so a solution of n steps is finished
+    with probability (1 - rate) ** (n - 1): several forks, each of which must go right.
+    """
+    steps, answer = _parse_solution(solution)
+    for kept in range(1, len(steps)):
+        if rng.random() < rate:
+            return format_solution(tuple(steps[:kept]), int(steps[kept - 1].rsplit("=", 1)[1]))
+    return solution
+
+
+def vary_separators(solution: str, rng: random.Random) -> str:
+    """The same solution with each step boundary marked by one of STEP_SEPARATORS, drawn evenly."""
+    steps, answer = _parse_solution(solution)
+    return format_solution(tuple(steps), answer, tuple(rng.choice(STEP_SEPARATORS) for _ in steps[1:]))
 
 
 def _difficulty_range(difficulty: int | tuple[int, int]) -> tuple[int, int]:
