@@ -22,14 +22,15 @@ import torch
 from mentor_ray.config import MentorConfig
 from mentor_ray.rewards import DEFAULT_GRADING_FUNCTION, RewardGrader, RewardWeights
 from mentor_ray.rollout.engines import (
-    CPU_ENGINE_ENV,
-    EngineActor,
     EngineKind,
     EngineSettings,
+    EngineStats,
     GenerationResult,
     MixedEngine,
     SamplingSpec,
+    build_engine,
 )
+from mentor_ray.rollout.requests import CPU_ENGINE_ENV
 from pipelines.resources import GRADER_CPUS, OUTSIDE_CALLER_PLACEMENT_GROUP
 
 
@@ -73,11 +74,12 @@ class BusyClock:
         return intervals
 
 
-class RolloutEngineActor(EngineActor):
-    """An engine that survives restarts: weights come from the store, tau with each request."""
+class RolloutEngineActor:
+    """One vLLM engine, built once per run, that survives restarts: weights come from the
+    store, tau with each request."""
 
     def __init__(self, kind: EngineKind, engine_kwargs: dict[str, Any], weight_store: Any) -> None:
-        super().__init__(kind, engine_kwargs)
+        self.engine = build_engine(kind, engine_kwargs)
         self.busy = BusyClock()
         self.kind = kind
         self.weights_version = 0
@@ -113,6 +115,9 @@ class RolloutEngineActor(EngineActor):
 
     def busy_intervals(self) -> list[tuple[float, float]]:
         return self.busy.drain()
+
+    def stats(self) -> EngineStats:
+        return self.engine.stats()
 
     def _generate_for_step(
         self,
@@ -213,7 +218,8 @@ def engine_settings(config: MentorConfig, seed_offset: int = 0) -> EngineSetting
     )
 
 
-def _engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_store: Any, config: MentorConfig):
+def start_engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_store: Any, config: MentorConfig):
+    """A `RolloutEngineActor` with the run's resources; `engine_kwargs` go to `build_engine`."""
     use_gpu = config.scaling.use_gpu
     env = {} if use_gpu else {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(config.cpu_threads()[0])}
     actor_class = ray.remote(RolloutEngineActor)
@@ -244,7 +250,7 @@ def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str |
     names an engine that could not start."""
     weight_store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP).remote()
     policy_engines = [
-        _engine_actor("policy", {"model_dir": policy_dir, "settings": engine_settings(config, i)}, weight_store, config)
+        start_engine_actor("policy", {"model_dir": policy_dir, "settings": engine_settings(config, i)}, weight_store, config)
         for i in range(config.scaling.num_policy_engines)
     ]
     mixed_engines = []
@@ -252,7 +258,7 @@ def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str |
         if expert_dir is None:
             raise ValueError("rollout.n_mixed > 0 needs model.expert_path")
         mixed_engines = [
-            _engine_actor(
+            start_engine_actor(
                 "mixed",
                 {"policy_dir": policy_dir, "expert_dir": expert_dir, "settings": engine_settings(config, 1000 + i)},
                 weight_store,

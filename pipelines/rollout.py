@@ -56,6 +56,11 @@ class RolloutPlan:
     prompts_per_batch: int = 8
     compute_advantages: bool = True
 
+    @property
+    def guided(self) -> bool:
+        """Whether this step makes mixed-policy samples (zero once guidance has ended)."""
+        return self.n_mixed > 0
+
 
 @dataclass
 class RolloutOutput:
@@ -139,7 +144,7 @@ def _rollout_batch(
     batch: pd.DataFrame, policy_engines: list[Any], mixed_engines: list[Any], reward_actors: list[Any], plan: RolloutPlan
 ) -> pd.DataFrame:
     """Generate both kinds for a batch of prompts, grade, and score each prompt's group."""
-    kinds = [("on_policy", policy_engines)] + ([("mixed", mixed_engines)] if plan.n_mixed > 0 else [])
+    kinds = [("on_policy", policy_engines)] + ([("mixed", mixed_engines)] if plan.guided else [])
     # Both engines work at once: the calls are sent before any result is awaited.
     pending = [(kind, _request_generation(batch, engines, kind, plan)) for kind, engines in kinds]
     records = [record for kind, calls in pending for record in _collect_generation(batch, kind, calls)]
@@ -205,11 +210,11 @@ def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRo
     ]
     if [item["prompt_index"] for item in items] != list(range(len(items))):
         raise ValueError("prompt_index must run 0..P-1 in order")
-    if plan.n_mixed > 0 and not roles.mixed_engines:
+    if plan.guided and not roles.mixed_engines:
         raise ValueError("n_mixed > 0 but the run has no mixed engines")
     # Stage tasks only forward batches to actors: two per engine keep each engine busy while
     # the other task grades; more would only start (and, between steps, reap) worker processes.
-    engines = max(len(roles.policy_engines), len(roles.mixed_engines) if plan.n_mixed > 0 else 0)
+    engines = max(len(roles.policy_engines), len(roles.mixed_engines) if plan.guided else 0)
     frame = (
         # One input block: from_items' default puts every prompt in a block of its own
         # (32 object-store puts, 70 ms a step on the toy), to be re-bundled into the batches.

@@ -33,8 +33,8 @@ from mentor_ray.rollout.engines import (
     MixedEngine,
     PolicyEngine,
     SamplingSpec,
+    build_engine,
     check_same_vocabulary,
-    create_engine_actor,
 )
 
 VOCAB = 96
@@ -402,35 +402,39 @@ def test_different_vocabularies_are_refused(tiny, tmp_path):
 # ---- Ray actors -------------------------------------------------------------------------
 
 
-def test_engines_work_as_ray_actors(tiny):
+def test_engines_work_as_the_runs_ray_actors(tiny):
+    """The actor a run uses (pipelines/roles.py): weights arrive through the store, tau with
+    each request, and the mixture it samples is the reference mixture of the new weights."""
     import ray
+
+    from mentor_ray.config import load_config
+    from pipelines.roles import WeightStore, start_engine_actor
 
     ray.init(num_cpus=4, include_dashboard=False)
     try:
-        actor = create_engine_actor(
-            "mixed",
-            num_cpus=1,
-            policy_dir=tiny.policy_dir,
-            expert_dir=tiny.expert_dir,
-            settings=SETTINGS,
-            entropy_threshold=TAU,
-        )
+        store = ray.remote(WeightStore).remote()
+        engine_kwargs = {"policy_dir": tiny.policy_dir, "expert_dir": tiny.expert_dir, "settings": SETTINGS}
+        actor = start_engine_actor("mixed", engine_kwargs, store, load_config(None, []))
+        assert ray.get(actor.stats.remote()).weight_updates == 0  # built, on the weights it was built from
+        weights_ref = ray.put({name: p.detach() for name, p in tiny.updated_policy.named_parameters()})
+        ray.get(store.publish.remote(1, [weights_ref]))
+        ray.get(actor.sync_weights.remote(1, [weights_ref]))
         spec = SamplingSpec(n=2, max_new_tokens=8, seed=1)
-        ray.get(actor.update_weights.remote(list(tiny.updated_policy.named_parameters())))
-        ray.get(actor.set_entropy_threshold.remote(TAU))
-        results = ray.get(actor.generate.remote(PROMPTS[:2], spec))
+        results, summary = ray.get(actor.generate_for_step.remote(PROMPTS[:2], spec, 1, TAU))
         gap = _max_gap_to_reference(
             results, lambda s: _hf_mixture(tiny.updated_policy, tiny.expert, s, TAU)[0]
         )
         assert gap < LOG_PROB_TOLERANCE
-        summary = ray.get(actor.mixture_weight_summary.remote())
         assert summary["scored_positions"] == sum(len(r.response_token_ids) for r in results)
         assert ray.get(actor.stats.remote()).weight_updates == 1
-        ray.get(actor.close.remote())
+        with pytest.raises(ray.exceptions.RayTaskError, match="needs the step's entropy_threshold"):
+            ray.get(actor.generate_for_step.remote(PROMPTS[:1], spec, 1, None))
+        with pytest.raises(ray.exceptions.RayTaskError, match="asked for policy weights v2, but the store holds v1"):
+            ray.get(actor.generate_for_step.remote(PROMPTS[:1], spec, 2, TAU))
     finally:
         ray.shutdown()
 
 
 def test_unknown_engine_kind_is_refused():
     with pytest.raises(ValueError, match="engine kind"):
-        create_engine_actor("draft", model_dir="unused")
+        build_engine("draft", {"model_dir": "unused"})

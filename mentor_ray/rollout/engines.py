@@ -7,7 +7,7 @@ weights in place (`update_weights`, vLLM's layer-wise reload, no engine rebuild)
 - `MixedEngine(policy_dir, expert_dir, ...)`: samples pi_mix through the composite model in
   `mixed_model.py`; `set_entropy_threshold(tau)` per step; `update_weights` takes the
   POLICY's weights under their plain names, so the mixture always uses the current policy.
-- `create_engine_actor(kind, ...)`: the same engines inside Ray actors.
+- `build_engine(kind, ...)`: either, by kind; `pipelines/roles.py` holds them in Ray actors.
 
 Prompts that do not fit (prompt_len + max_new_tokens > max_model_len) are not sent to vLLM:
 each of their n samples comes back as a `GenerationResult` with an empty response and
@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import torch
 
-from mentor_ray.rollout.requests import CPU_ENGINE_ENV, PROMPT_TOO_LONG, GenerationResult, SamplingSpec
+from mentor_ray.rollout.requests import PROMPT_TOO_LONG, GenerationResult, SamplingSpec
 from mentor_ray.rollout.mixed_model import (
     DEFAULT_ENTROPY_THRESHOLD,
     mixed_engine_hf_overrides,
@@ -501,75 +501,11 @@ class MixedEngine(_VllmEngine):
 EngineKind = Literal["policy", "mixed"]
 
 
-class EngineActor:
-    """Holds one engine inside a Ray actor; built once, used across RL steps."""
-
-    def __init__(self, kind: EngineKind, engine_kwargs: dict[str, Any]) -> None:
-        self.engine = _build_engine(kind, engine_kwargs)
-
-    def generate(self, prompt_token_ids: list[list[int]], spec: SamplingSpec) -> list[GenerationResult]:
-        return self.engine.generate(prompt_token_ids, spec)
-
-    def _decode(self, token_ids: list[list[int]]) -> list[str]:
-        """Texts as vLLM's own detokenizer gives them (special tokens skipped, no clean-up)."""
-        if not token_ids:
-            return []
-        return self._llm.get_tokenizer().batch_decode(
-            token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )
-
-    def prompt_log_probs(self, sequences: list[list[int]]) -> list[list[float]]:
-        return self.engine.prompt_log_probs(sequences)
-
-    def update_weights(self, named_tensors: list[tuple[str, torch.Tensor]]) -> float:
-        return self.engine.update_weights(named_tensors)
-
-    def set_entropy_threshold(self, entropy_threshold: float) -> None:
-        if not isinstance(self.engine, MixedEngine):
-            raise TypeError("set_entropy_threshold needs a mixed engine actor")
-        self.engine.set_entropy_threshold(entropy_threshold)
-
-    def mixture_weight_summary(self, reset: bool = True) -> dict[str, float]:
-        if not isinstance(self.engine, MixedEngine):
-            raise TypeError("mixture_weight_summary needs a mixed engine actor")
-        return self.engine.mixture_weight_summary(reset)
-
-    def stats(self) -> EngineStats:
-        return self.engine.stats()
-
-    def close(self) -> None:
-        self.engine.close()
-
-
-def _build_engine(kind: EngineKind, engine_kwargs: dict[str, Any]) -> _VllmEngine:
+def build_engine(kind: EngineKind, engine_kwargs: dict[str, Any]) -> _VllmEngine:
+    """A `PolicyEngine` (kind "policy") or `MixedEngine` (kind "mixed"), built from its
+    constructor's arguments (model_dir / policy_dir, expert_dir, settings, ...)."""
     if kind == "policy":
         return PolicyEngine(**engine_kwargs)
     if kind == "mixed":
         return MixedEngine(**engine_kwargs)
     raise ValueError(f"engine kind must be 'policy' or 'mixed', got {kind!r}")
-
-
-def create_engine_actor(
-    kind: EngineKind,
-    *,
-    num_cpus: float = 1.0,
-    num_gpus: float = 0.0,
-    extra_env: dict[str, str] | None = None,
-    **engine_kwargs: Any,
-):
-    """A Ray actor holding a `PolicyEngine` (kind "policy") or `MixedEngine` (kind "mixed").
-
-    `engine_kwargs` go to the engine's constructor (model_dir / policy_dir, expert_dir,
-    settings, ...). With num_gpus == 0 the actor gets `CPU_ENGINE_ENV` (in-process engine);
-    on GPUs vLLM keeps its default multiprocess engine (that path is untested here).
-    """
-    import ray
-
-    if kind not in ("policy", "mixed"):
-        raise ValueError(f"engine kind must be 'policy' or 'mixed', got {kind!r}")
-    env = dict(CPU_ENGINE_ENV) if num_gpus == 0 else {}
-    env.update(extra_env or {})
-    actor_class = ray.remote(EngineActor)
-    return actor_class.options(
-        num_cpus=num_cpus, num_gpus=num_gpus, runtime_env={"env_vars": env}
-    ).remote(kind, engine_kwargs)
