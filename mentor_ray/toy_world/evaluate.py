@@ -1,6 +1,6 @@
 """Fast batched generation with HF ``generate`` and a local exact-match grader for the toy task.
 
-The project's real grader (math-verify, format checks, time bounds) is mentor_ray/rewards.py;
+The project's real grader (math-verify, format checks, time bounds) is mentor_ray/rewards/;
 this one only needs to tell whether a toy model learned its task, so it is a plain string
 match of the last ``\\boxed{...}`` against the integer answer.
 """

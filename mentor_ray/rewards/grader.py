@@ -1,16 +1,9 @@
-"""Rewards for math reasoning: answer accuracy (math-verify) and output format.
-
-reward = weights.accuracy * accuracy + weights.format * format   (MENTOR.md section 5)
-
-This is the only module that imports math_verify. The grader runs on untrusted model text:
-nothing here evaluates it (math-verify parses LaTeX into sympy; no eval/exec), every string
-scan is a single linear pass over a bounded window, and accuracy grading, which can hang or
-blow up inside sympy (`9^{9^{9^9}}`), runs in worker PROCESSES that are killed and replaced
-when they exceed their time budget.
+"""Grading untrusted text in worker processes that are killed and replaced when they exceed
+their time budget (`RewardGrader`): math-verify can hang or blow up inside sympy.
 
 math-verify's own timeouts use `signal.alarm`, which raises outside the main thread (Ray
-actors, thread pools), so it is always called here with `parsing_timeout=None,
-timeout_seconds=None` and time is bounded by `RewardGrader` instead.
+actors, thread pools), so it is always called with `parsing_timeout=None,
+timeout_seconds=None` and time is bounded here instead.
 """
 
 from __future__ import annotations
@@ -21,263 +14,24 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import re
 import resource
 import signal
 import time
-import unicodedata
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
-# Only the tail of a response can hold its final answer; scanning a bounded window keeps every
-# string operation here O(window) whatever the model emits.
-BOXED_SCAN_WINDOW_CHARS = 10_000
-# Deeper brace nesting than this is not a real answer, and deeply nested LaTeX can exhaust
-# recursion inside the LaTeX -> sympy parser.
-MAX_BOXED_NESTING = 64
+from mentor_ray.rewards.answers import FORMAT_RULES
+from mentor_ray.rewards.scoring import (
+    GRADING_STATUSES,
+    RewardParts,
+    RewardWeights,
+    combine_reward,
+    grade_plain_integers,
+)
 
-GradingStatus = Literal["ok", "no_answer", "timeout", "error", "bad_reference"]
-# bad_reference: the dataset's answer itself cannot be parsed; counted apart from the model's
-# failures, and the problem is named to the user (the data needs fixing, not the policy).
-GRADING_STATUSES: tuple[str, ...] = ("ok", "no_answer", "timeout", "error", "bad_reference")
-
+# The project's grader, by the import path worker processes resolve.
 DEFAULT_GRADING_FUNCTION = "mentor_ray.rewards:grade_accuracy"
-
-_BOXED_COMMANDS = ("\\boxed", "\\fbox")
-
-
-# ----------------------------------------------------------------------------------------------
-# Pure string scans (no math_verify needed)
-# ----------------------------------------------------------------------------------------------
-def _read_braced_group(text: str, open_index: int, max_nesting: int) -> str | None:
-    """Content of the `{...}` group whose `{` is at `open_index`, or None if unclosed/too deep.
-
-    A backslash escapes the next character, so `\\{` and `\\}` (literal braces in LaTeX sets)
-    do not count as grouping.
-    """
-    depth = 0
-    index = open_index
-    length = len(text)
-    while index < length:
-        char = text[index]
-        if char == "\\":
-            index += 2
-            continue
-        if char == "{":
-            depth += 1
-            if depth > max_nesting:
-                return None
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_index + 1 : index]
-        index += 1
-    return None
-
-
-def _last_boxed_command(text: str) -> tuple[int, int] | None:
-    """(start, end) of the last `\\boxed`/`\\fbox` command name in text, or None."""
-    best: tuple[int, int] | None = None
-    for command in _BOXED_COMMANDS:
-        search_end = len(text)
-        while True:
-            start = text.rfind(command, 0, search_end)
-            if start < 0:
-                break
-            end = start + len(command)
-            # `\boxedsomething` is another macro, not \boxed.
-            if end < len(text) and text[end].isalpha():
-                search_end = start
-                continue
-            if best is None or start > best[0]:
-                best = (start, end)
-            break
-    return best
-
-
-def extract_last_boxed(
-    text: str,
-    scan_window_chars: int = BOXED_SCAN_WINDOW_CHARS,
-    max_nesting: int = MAX_BOXED_NESTING,
-) -> str | None:
-    """Content of the LAST `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed 5`) in text.
-
-    Looks only at the last `scan_window_chars` characters. Returns None when there is no boxed
-    answer, when the last one is unclosed, or when its braces nest deeper than `max_nesting`.
-    An unclosed last box does not fall back to an earlier one: the model's final word is that
-    box, and grading an earlier draft answer instead would reward the wrong thing.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"extract_last_boxed expects str, got {type(text).__name__}")
-    window = text[-scan_window_chars:] if scan_window_chars > 0 else text
-    found = _last_boxed_command(window)
-    if found is None:
-        return None
-    _, after_command = found
-    index = after_command
-    while index < len(window) and window[index] in " \t":
-        index += 1
-    if index >= len(window):
-        return None
-    if window[index] == "{":
-        return _read_braced_group(window, index, max_nesting)
-    if after_command < index:
-        # `\boxed 5` form: the argument is the next whitespace/`$`-delimited token.
-        token_end = index
-        while token_end < len(window) and window[token_end] not in " \t\n$":
-            token_end += 1
-        return window[index:token_end]
-    return None
-
-
-def format_reward(response: str) -> float:
-    """1.0 iff response is `<think> reasoning </think> ... \\boxed{answer}`, else 0.0.
-
-    The think block comes first (only whitespace before it), is non-empty, appears exactly
-    once, and a non-empty boxed answer follows `</think>`. Linear time: str.find/count only.
-    """
-    if not isinstance(response, str):
-        raise TypeError(f"format_reward expects str, got {type(response).__name__}")
-    body = response.lstrip()
-    if not body.startswith("<think>"):
-        return 0.0
-    if response.count("<think>") != 1 or response.count("</think>") != 1:
-        return 0.0
-    close_index = body.find("</think>")
-    reasoning = body[len("<think>") : close_index]
-    if not reasoning.strip():
-        return 0.0
-    after_think = body[close_index + len("</think>") :]
-    answer = extract_last_boxed(after_think)
-    return 1.0 if answer is not None and answer.strip() else 0.0
-
-
-_SPACE_AROUND_TAG_CHARS = re.compile(r"\s*([<>/])\s*")
-
-
-def official_format_reward(response: str) -> float:
-    r"""The official code's format rule (MENTOR.md section 5): strip whitespace around `<`, `>`
-    and `/`, then `<think>.*</think>.*\boxed\{.*\}.*` must match the whole text (dot matches
-    newlines). Repeated or empty think blocks and an empty box pass it. Checked with ordered
-    substring searches, which decide the same match in linear time (the regex could backtrack)."""
-    if not isinstance(response, str):
-        raise TypeError(f"official_format_reward expects str, got {type(response).__name__}")
-    text = _SPACE_AROUND_TAG_CHARS.sub(r"\1", response)
-    if not text.startswith("<think>"):
-        return 0.0
-    close = text.find("</think>", len("<think>"))
-    if close < 0:
-        return 0.0
-    box = text.find("\\boxed{", close + len("</think>"))
-    if box < 0:
-        return 0.0
-    return 1.0 if text.find("}", box + len("\\boxed{")) >= 0 else 0.0
-
-
-# Format rules by name (config: reward.format_rule).
-FORMAT_RULES: dict[str, Callable[[str], float]] = {"strict": format_reward, "official": official_format_reward}
-
-
-# ----------------------------------------------------------------------------------------------
-# Accuracy with math-verify (in-process; unbounded time: use RewardGrader for untrusted text)
-# ----------------------------------------------------------------------------------------------
-def _reference_as_latex(reference: str) -> str:
-    # A reference that already carries its own \boxed (a MATH solution) is parsed as is;
-    # a bare answer ("\frac{1}{2}", "0.5", "(3, \pi/2)") is boxed so the LaTeX extractor
-    # treats all of it as one answer.
-    if extract_last_boxed(reference) is not None:
-        return reference
-    return "\\boxed{" + reference.strip() + "}"
-
-
-def grade_accuracy(response: str, reference: str) -> tuple[float, str]:
-    """(1.0 or 0.0, status) for the last boxed answer of response against reference.
-
-    status is "ok" when both sides parsed (score says whether they match), "no_answer" when
-    the response has no usable boxed answer, "bad_reference" when the reference cannot be
-    parsed. Both answers are read in Unicode compatibility form (NFKC): a full-width
-    `\boxed{２}` is the 2 it displays.
-    Runs math-verify with its signal-based timeouts off: call it where time is bounded
-    from outside (RewardGrader's worker processes).
-    """
-    # The only math_verify import in the project. LaTeX extraction only: the plain-expression
-    # extractor hands text to sympy's parse_expr, which is built on eval().
-    from math_verify import LatexExtractionConfig, parse, verify
-
-    latex_only = [LatexExtractionConfig()]
-
-    if not isinstance(response, str) or not isinstance(reference, str):
-        raise TypeError(
-            "grade_accuracy expects (str, str), got "
-            f"({type(response).__name__}, {type(reference).__name__})"
-        )
-    answer = extract_last_boxed(response)
-    if answer is None or not answer.strip():
-        return 0.0, "no_answer"
-    answer = unicodedata.normalize("NFKC", answer)
-    reference = unicodedata.normalize("NFKC", reference[-BOXED_SCAN_WINDOW_CHARS:])
-    predicted = parse(
-        "\\boxed{" + answer + "}", extraction_config=latex_only, parsing_timeout=None
-    )
-    if not predicted:
-        return 0.0, "no_answer"
-    gold = parse(_reference_as_latex(reference), extraction_config=latex_only, parsing_timeout=None)
-    if not gold:
-        return 0.0, "bad_reference"
-    matched = verify(gold, predicted, timeout_seconds=None)
-    return (1.0 if matched else 0.0), "ok"
-
-
-# A plain integer, at most 64 digits: what most toy and many MATH/GSM8K answers are.
-_PLAIN_INTEGER = re.compile(r"[+-]?[0-9]{1,64}")
-
-
-def grade_plain_integers(response: str, reference: str) -> tuple[float, str] | None:
-    """`grade_accuracy`'s verdict without math-verify when it is certain: the response has no
-    boxed answer, or both its boxed answer and the reference are plain integers (equal as
-    integers, as math-verify also judges them). None otherwise. Linear time, bounded input."""
-    answer = extract_last_boxed(response)
-    if answer is None or not answer.strip():
-        return 0.0, "no_answer"
-    answer, gold = unicodedata.normalize("NFKC", answer).strip(), unicodedata.normalize("NFKC", reference[-BOXED_SCAN_WINDOW_CHARS:]).strip()
-    if _PLAIN_INTEGER.fullmatch(answer) and _PLAIN_INTEGER.fullmatch(gold):
-        return (1.0 if int(answer) == int(gold) else 0.0), "ok"
-    return None
-
-
-def accuracy_reward(response: str, reference: str) -> float:
-    """1.0 if the last boxed answer in response is equivalent to reference, else 0.0.
-
-    In-process and NOT time-bounded: for trusted inputs and tests. Grade model output through
-    RewardGrader, which kills gradings that hang.
-    """
-    score, _ = grade_accuracy(response, reference)
-    return score
-
-
-# ----------------------------------------------------------------------------------------------
-# Result types
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RewardWeights:
-    accuracy: float = 0.9
-    format: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("accuracy", "format"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"RewardWeights.{name} must be a number >= 0, got {value!r}")
-
-
-@dataclass(frozen=True)
-class RewardParts:
-    accuracy: float
-    format: float
-    total: float
-    status: str  # one of GRADING_STATUSES
 
 
 @dataclass
@@ -301,13 +55,6 @@ class GradingStats:
             raise ValueError(f"unknown grading status {status!r}; expected one of {GRADING_STATUSES}")
         setattr(self, status, getattr(self, status) + 1)
         self.slowest_seconds = max(self.slowest_seconds, seconds)
-
-
-def combine_reward(
-    accuracy: float, format_score: float, status: str, weights: RewardWeights
-) -> RewardParts:
-    total = weights.accuracy * accuracy + weights.format * format_score
-    return RewardParts(accuracy=accuracy, format=format_score, total=total, status=status)
 
 
 # ----------------------------------------------------------------------------------------------
