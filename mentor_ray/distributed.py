@@ -6,12 +6,15 @@ makes goes through this module: it moves its inputs to `collective_device()`, th
 process group's backend requires, and hands results back on the CPU. The tests run the same
 functions on gloo.
 
-Every function is collective (all ranks call it, in the same order) and is a no-op without a
-process group or with one rank.
+Every collective (all ranks call it, in the same order) is a no-op without a process group or
+with one rank. `ensure_process_group` checks the group a launcher made, or makes a lone
+process its own.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,3 +70,33 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=src, device=collective_device())
     return holder[0]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ensure_process_group(world_size: int, rank: int) -> None:
+    """Reuse the group Ray Train made; a lone process (world_size 1) gets its own gloo group."""
+    if dist.is_initialized():
+        if dist.get_world_size() != world_size or dist.get_rank() != rank:
+            raise ValueError(
+                f"PolicyLearner(world_size={world_size}, rank={rank}) does not match the initialised "
+                f"process group (world_size={dist.get_world_size()}, rank={dist.get_rank()})"
+            )
+        if "LOCAL_RANK" not in os.environ:
+            raise RuntimeError(
+                "LOCAL_RANK is not set; DeepSpeed needs it (Ray Train's TorchTrainer and torchrun set it)"
+            )
+        return
+    if world_size != 1:
+        raise RuntimeError(
+            f"world_size={world_size} but torch.distributed is not initialised; run the learner inside "
+            "Ray Train's TorchTrainer (or another launcher that creates the process group)"
+        )
+    for name, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(name, value)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)

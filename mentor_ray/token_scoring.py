@@ -88,7 +88,7 @@ class TokenScorer(nn.Module):
 
     `forward(input_ids, attention_mask, score_mask)` gives log pi(next token) and H at each
     position, both [B, L-1] fp32 and zero where `score_mask` is False: position t scores token
-    t+1, the layout of `mentor_ray.learner.collate`'s `response_mask`. Only scored positions
+    t+1, the layout of `mentor_ray.learner.batching.collate`'s `response_mask`. Only scored positions
     reach the output layer, so prompts cost nothing there.
 
     Works for models whose logits are `get_output_embeddings()(decoder hidden states)`, a plain
