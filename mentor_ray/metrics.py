@@ -69,6 +69,28 @@ def mixture_metrics(summary: dict[str, float]) -> dict[str, float]:
     }
 
 
+# Steps in the running mean of on-policy accuracy, the objective reported every step.
+OBJECTIVE_WINDOW = 5
+
+
+def objective_metrics(state: dict[str, Any], metrics: dict[str, float]) -> dict[str, float]:
+    """Numbers a sweep can rank a run by at every step, not only at validation steps:
+    `objective/running_accuracy`, the mean on-policy sampled accuracy of the last
+    OBJECTIVE_WINDOW steps (the policy's own samples, so MENTOR and GRPO runs compare alike),
+    and `objective/val_accuracy`, the latest greedy validation accuracy (step 0's at first).
+    Updates `state`, which the checkpoint keeps, so a resumed run continues the same means."""
+    accuracy = metrics.get("rollout/on_policy_accuracy")
+    if accuracy is not None and not math.isnan(accuracy):
+        state["accuracy_window"] = (state["accuracy_window"] + [float(accuracy)])[-OBJECTIVE_WINDOW:]
+    if "val/greedy_accuracy" in metrics:
+        state["val_accuracy"] = float(metrics["val/greedy_accuracy"])
+    window = state["accuracy_window"]
+    return {
+        "objective/running_accuracy": sum(window) / len(window) if window else 0.0,
+        "objective/val_accuracy": state["val_accuracy"] if state["val_accuracy"] is not None else float("nan"),
+    }
+
+
 def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
     """Length of the union of (start, end) intervals: time in which at least one was running."""
     total, covered_until = 0.0, float("-inf")

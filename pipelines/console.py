@@ -16,6 +16,7 @@ Library chatter (Ray, Ray Train, Ray Data, vLLM, DeepSpeed) stays out of the con
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -24,6 +25,26 @@ from typing import Any
 
 RUN_LOG_FILE = "run.log"
 RAY_LOGS_LINK = "ray_logs"
+
+
+def _format_eta(seconds: float) -> str:
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    return f"{minutes}m{secs:02d}s"
+
+
+def step_line(step: int, total: int, metrics: dict[str, float], step_seconds: float, eta: float) -> str:
+    """The console's line for one step: rewards, accuracy, validation, entropy, tau, w, alpha, length, time, ETA."""
+    def value(key: str, fmt: str = "{:.3f}") -> str:
+        v = metrics.get(key)
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+    return (
+        f"step {step}/{total} | reward on {value('rollout/on_policy_reward')} mixed {value('rollout/mixed_reward')}"
+        f" | acc on {value('rollout/on_policy_accuracy')} mixed {value('rollout/mixed_accuracy')}"
+        f" | val {value('val/greedy_accuracy')} | H {value('rollout/entropy_mean')} tau {value('guidance/entropy_threshold', '{:.2f}')}"
+        f" | w {value('rollout/mixture_weight_mean')} alpha {value('guidance/alpha', '{:.2f}')}"
+        f" | len {value('rollout/response_length', '{:.1f}')} | {step_seconds:.1f}s | ETA {_format_eta(eta)}"
+    )
 
 
 class ConsoleLines:

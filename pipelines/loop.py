@@ -29,6 +29,7 @@ from mentor_ray.distributed import all_gather_variable_length, broadcast_object
 from mentor_ray.learner import PolicyLearner, TrainingSample, shard_for_rank
 from mentor_ray.metrics import (
     build_sinks,
+    objective_metrics,
     entropy_metrics,
     mixture_metrics,
     orchestration_metrics,
@@ -38,7 +39,7 @@ from mentor_ray.metrics import (
 )
 from mentor_ray.prompt_schedule import PromptSchedule
 from mentor_ray.run_inputs import RunPaths, TokenizedProblem
-from pipelines.console import ConsoleLines
+from pipelines.console import ConsoleLines, step_line
 from pipelines.evaluation import evaluate_policy
 from pipelines.roles import RolloutRoles
 from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
@@ -47,26 +48,6 @@ CLIENT_STATE_FILE = "loop_state.json"
 # Written by rank 0 when the loop stops on purpose (too many NaN updates); the driver reads it.
 STOP_FILE = "stopped.json"
 PLACEMENT_GROUP_FILE = "placement_group.json"
-# Steps in the running mean of on-policy accuracy, the objective reported every step.
-OBJECTIVE_WINDOW = 5
-
-
-def objective_metrics(state: dict[str, Any], metrics: dict[str, float]) -> dict[str, float]:
-    """Numbers a sweep can rank a run by at every step, not only at validation steps:
-    `objective/running_accuracy`, the mean on-policy sampled accuracy of the last
-    OBJECTIVE_WINDOW steps (the policy's own samples, so MENTOR and GRPO runs compare alike),
-    and `objective/val_accuracy`, the latest greedy validation accuracy (step 0's at first).
-    Updates `state`, which the checkpoint keeps, so a resumed run continues the same means."""
-    accuracy = metrics.get("rollout/on_policy_accuracy")
-    if accuracy is not None and not math.isnan(accuracy):
-        state["accuracy_window"] = (state["accuracy_window"] + [float(accuracy)])[-OBJECTIVE_WINDOW:]
-    if "val/greedy_accuracy" in metrics:
-        state["val_accuracy"] = float(metrics["val/greedy_accuracy"])
-    window = state["accuracy_window"]
-    return {
-        "objective/running_accuracy": sum(window) / len(window) if window else 0.0,
-        "objective/val_accuracy": state["val_accuracy"] if state["val_accuracy"] is not None else float("nan"),
-    }
 
 
 def global_entropy_threshold(local_on_policy_entropies: list[torch.Tensor], config: MentorConfig) -> tuple[float, torch.Tensor]:
@@ -83,45 +64,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _format_eta(seconds: float) -> str:
-    minutes, secs = divmod(int(max(0.0, seconds)), 60)
-    return f"{minutes}m{secs:02d}s"
-
-
-def _console_line(step: int, total: int, metrics: dict[str, float], step_seconds: float, eta: float) -> str:
-    def value(key: str, fmt: str = "{:.3f}") -> str:
-        v = metrics.get(key)
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
-
-    return (
-        f"step {step}/{total} | reward on {value('rollout/on_policy_reward')} mixed {value('rollout/mixed_reward')}"
-        f" | acc on {value('rollout/on_policy_accuracy')} mixed {value('rollout/mixed_accuracy')}"
-        f" | val {value('val/greedy_accuracy')} | H {value('rollout/entropy_mean')} tau {value('guidance/entropy_threshold', '{:.2f}')}"
-        f" | w {value('rollout/mixture_weight_mean')} alpha {value('guidance/alpha', '{:.2f}')}"
-        f" | len {value('rollout/response_length', '{:.1f}')} | {step_seconds:.1f}s | ETA {_format_eta(eta)}"
-    )
-
-
 def rollout_batch_prompts(config: MentorConfig) -> int:
     """Prompts per Ray Data batch: one batch per engine and step, so each engine schedules all
     its sequences at once (toy policy, 32 prompts x 8: one call 0.5 s, two calls of half 0.7 s);
     grading, mostly in-process for integer answers, costs milliseconds to overlap."""
     engines = max(config.scaling.num_policy_engines, config.scaling.num_mixed_engines if config.guided else 0)
     return max(1, math.ceil(config.rollout.prompts_per_step / engines))
-
-
-def _to_samples(rows: list[dict[str, Any]]) -> list[TrainingSample]:
-    return [
-        TrainingSample(
-            prompt_token_ids=[int(t) for t in row["prompt_token_ids"]],
-            response_token_ids=[int(t) for t in row["response_token_ids"]],
-            advantage=float(row["advantage"]),
-            is_mixed=bool(row["is_mixed"]),
-            group_id=int(row["prompt_index"]),
-            behaviour_log_probs=[float(v) for v in row["behaviour_log_probs"]],
-        )
-        for row in rows
-    ]
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -223,7 +171,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             metrics["time/rollout_tokens_per_second"] = rollout.generated_tokens / max(rollout.seconds, 1e-9)
             rows_ref = [ray.put(rollout.rows)]
         rows = ray.get(broadcast_object(rows_ref)[0])
-        samples = _to_samples(rows)
+        samples = [TrainingSample.from_rollout_row(row) for row in rows]
         if step in loop_config.get("nan_loss_at_steps", ()):
             # Fault injection for tests: a NaN advantage makes every loss of this step NaN.
             samples = [dataclasses.replace(s, advantage=float("nan")) for s in samples]
@@ -295,7 +243,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if is_chief:
             for sink in sinks:
                 sink.log(step, metrics)
-            console.say(_console_line(step, config.total_steps, metrics, step_seconds, eta))
+            console.say(step_line(step, config.total_steps, metrics, step_seconds, eta))
 
         # 6. Checkpoint (every rank writes its DeepSpeed shard into one folder). The report
         # carries the step: a sweep's scheduler counts steps, not reports (a resumed run

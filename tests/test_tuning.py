@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from mentor_ray.config import ConfigError
-from pipelines.loop import OBJECTIVE_WINDOW, objective_metrics
+from mentor_ray.metrics import OBJECTIVE_WINDOW, objective_metrics
 from pipelines.resources import check_fits, run_needs
 from tuning.space import check_sweep, full_points, load_sweep, sweep_from_dict, trial_config
 from tuning.sweep import DEFAULT_SWEEP, concurrent_trials, trial_needs

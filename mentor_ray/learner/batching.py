@@ -23,6 +23,18 @@ class TrainingSample:
     # learner's own old log-probs, as the paper does, with no behaviour-policy correction).
     behaviour_log_probs: list[float] | None = None
 
+    @classmethod
+    def from_rollout_row(cls, row: dict[str, Any]) -> TrainingSample:
+        """The sample of one row of `pipelines.rollout.run_rollout`'s output."""
+        return cls(
+            prompt_token_ids=[int(t) for t in row["prompt_token_ids"]],
+            response_token_ids=[int(t) for t in row["response_token_ids"]],
+            advantage=float(row["advantage"]),
+            is_mixed=bool(row["is_mixed"]),
+            group_id=int(row["prompt_index"]),
+            behaviour_log_probs=[float(v) for v in row["behaviour_log_probs"]],
+        )
+
 
 
 def check_sample(sample: TrainingSample, index: int, vocab_size: int | None) -> None:
