@@ -134,7 +134,9 @@ class ToyWorldRecipe:
 # ModelRecipe fields added after worlds were shipped, with their defaults. A recipe leaves a
 # field out of its hash while it holds the default, so every world built before the field
 # existed keeps its name (and its shipped copy stays found).
-_LATER_MODEL_FIELDS = {"boundary_stop_rate": 0.0, "varied_separators": False}
+_LATER_MODEL_FIELDS = {
+    f.name: f.default for f in dataclasses.fields(ModelRecipe) if f.name in ("boundary_stop_rate", "varied_separators")
+}
 
 
 def hashed_form(recipe: dict) -> dict:
