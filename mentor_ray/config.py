@@ -229,6 +229,24 @@ class ScalingConfig:
 
 
 @dataclass
+class PlacementConfig:
+    """Where each role runs: the Ray node labels its actors require, as Ray label selectors
+    (`{"mentor-ray/node-type": "engines"}`; a value may also be `!v`, `in(a,b)` or `!in(a,b)`).
+    Nodes get labels from `ray start --labels` or cluster.yaml's node types. Empty: anywhere
+    Ray finds room (one machine, or a cluster of one node type)."""
+
+    engines: dict[str, str] = field(default_factory=dict)  # policy and mixed vLLM engines
+    learners: dict[str, str] = field(default_factory=dict)  # DeepSpeed workers under Ray Train
+    graders: dict[str, str] = field(default_factory=dict)  # reward actors (math-verify, CPU)
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        for role in ("engines", "learners", "graders"):
+            for label, value in getattr(self, role).items():
+                if not label.strip() or not value.strip():
+                    _problem(errors, f"{prefix}.{role}", {label: value}, "labels and values must be non-empty strings")
+
+
+@dataclass
 class RewardConfig:
     accuracy_weight: float = 0.9
     format_weight: float = 0.1
@@ -309,6 +327,7 @@ class MentorConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -405,6 +424,15 @@ def _coerce(value: Any, annotation: Any, key: str, errors: list[str]) -> Any:
         if value not in args or type(value) is bool and True not in args and False not in args:
             _problem(errors, key, value, f"must be one of {list(args)}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            _problem(errors, key, value, f"must be a mapping ({_type_name(annotation)})")
+            return value
+        key_type, value_type = args or (Any, Any)
+        return {
+            _coerce(k, key_type, f"{key} key", errors): _coerce(v, value_type, f"{key}[{k!r}]", errors)
+            for k, v in value.items()
+        }
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             _problem(errors, key, value, f"must be a list ({_type_name(annotation)})")
@@ -541,4 +569,6 @@ def save_config(config: MentorConfig, path: str | Path) -> None:
             return [plain(v) for v in value]
         return value
 
-    Path(path).write_text(yaml.safe_dump(plain(config.to_dict()), sort_keys=False))
+    from mentor_ray import storage  # pyarrow, only when a config is saved
+
+    storage.write_text(path, yaml.safe_dump(plain(config.to_dict()), sort_keys=False))

@@ -63,8 +63,19 @@ def all_gather_variable_length(local: torch.Tensor) -> torch.Tensor:
     return torch.cat([piece[:count] for piece, count in zip(pieces, counts)]).cpu()
 
 
+def all_gather_objects(value: Any) -> list[Any]:
+    """Every rank's picklable object, in rank order. Plain data only: see `broadcast_object`."""
+    if not _distributed():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def broadcast_object(value: Any, src: int = 0) -> Any:
-    """Rank `src`'s picklable object on every rank."""
+    """Rank `src`'s picklable object on every rank. Plain data only: torch pickles a Ray
+    `ObjectRef` without its owner's address, and `ray.get` of it on another rank waits forever
+    (pipelines/rollout_shards.py sends refs through Ray instead)."""
     if not _distributed():
         return value
     holder = [value]

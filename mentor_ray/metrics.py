@@ -10,12 +10,17 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 import numpy as np
 import torch
 
+from mentor_ray import storage
+
+METRICS_FILE = "metrics.jsonl"
 KEYWORDS = ("verify", "check", "wait", "okay")
 _KEYWORD_PATTERNS = {word: re.compile(rf"\b{word}\b", re.IGNORECASE) for word in KEYWORDS}
 
@@ -143,13 +148,29 @@ class MetricSink(Protocol):
 
 
 class JsonlSink:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    """`metrics.jsonl`, one line per step, at a local path or a URI (rewritten whole each step:
+    object stores cannot append, and a run's file stays small).
+
+    resumed_at: the step the run (re)starts after. Lines of later steps, logged before a worker
+    was lost, are dropped: the loop logs those steps again, so each step appears once."""
+
+    def __init__(self, location: str, resumed_at: int = 0) -> None:
+        self.location = location
+        self._lines: list[str] = []
+        if storage.exists(location):
+            kept = [line for line in storage.read_text(location).splitlines() if line.strip()]
+            self._lines = [line for line in kept if int(json.loads(line)["step"]) <= resumed_at]
+        self._local = not storage.is_uri(location)
+        storage.write_text(location, "".join(line + "\n" for line in self._lines))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": step, **metrics}, allow_nan=True) + "\n")
+        line = json.dumps({"step": step, **metrics}, allow_nan=True)
+        self._lines.append(line)
+        if self._local:
+            with open(self.location, "a") as handle:
+                handle.write(line + "\n")
+        else:
+            storage.write_text(self.location, "".join(line + "\n" for line in self._lines))
 
     def close(self) -> None:
         pass
@@ -165,11 +186,16 @@ def _require(module: str, extra: str):
 
 
 class TensorBoardSink:
-    def __init__(self, log_dir: Path) -> None:
+    """Event files in `location`; for a URI they are written locally and uploaded at close
+    (TensorBoard's writer only writes to local files without TensorFlow's filesystems)."""
+
+    def __init__(self, location: str) -> None:
         _require("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(log_dir))
+        self.location = location
+        self.local_dir = tempfile.mkdtemp(prefix="mentor-tensorboard-") if storage.is_uri(location) else location
+        self.writer = SummaryWriter(self.local_dir)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for key, value in metrics.items():
@@ -178,6 +204,9 @@ class TensorBoardSink:
 
     def close(self) -> None:
         self.writer.close()
+        if self.local_dir != self.location:
+            storage.upload_dir(self.local_dir, self.location)
+            shutil.rmtree(self.local_dir, ignore_errors=True)
 
 
 class WandbSink:
@@ -229,10 +258,13 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def build_sinks(names: list[str], run_dir: Path, project: str, run_name: str, config: dict[str, Any]) -> list[MetricSink]:
-    sinks: list[MetricSink] = [JsonlSink(run_dir / "metrics.jsonl")]
+def build_sinks(
+    names: list[str], run_dir: str, project: str, run_name: str, config: dict[str, Any], resumed_at: int = 0,
+) -> list[MetricSink]:
+    """The run's sinks; run_dir is a local path or a URI, resumed_at the step the loop starts after."""
+    sinks: list[MetricSink] = [JsonlSink(storage.join(run_dir, METRICS_FILE), resumed_at)]
     factories = {
-        "tensorboard": lambda: TensorBoardSink(run_dir / "tensorboard"),
+        "tensorboard": lambda: TensorBoardSink(storage.join(run_dir, "tensorboard")),
         "wandb": lambda: WandbSink(project, run_name, config),
         "swanlab": lambda: SwanLabSink(project, run_name, config),
         "mlflow": lambda: MlflowSink(project, run_name, config),
@@ -259,10 +291,10 @@ def end_of_guidance_step(history: list[dict[str, float]], decay_steps: int) -> i
     return min(decay_steps - 1, max((int(r["step"]) for r in history), default=0))
 
 
-def read_metrics(path: Path) -> list[dict[str, float]]:
-    """Rows of a metrics.jsonl; a step logged twice (after a resume) keeps its last record."""
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """Rows of a metrics.jsonl (a local path or a URI); a step logged twice keeps its last record."""
     by_step: dict[int, dict[str, float]] = {}
-    for line in Path(path).read_text().splitlines():
+    for line in storage.read_text(path).splitlines():
         if line.strip():
             record = json.loads(line)
             by_step[int(record["step"])] = record

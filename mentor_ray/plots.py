@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from mentor_ray.metrics import read_metrics
+from mentor_ray import storage
+from mentor_ray.metrics import METRICS_FILE, read_metrics
 
 # (file name, title, [(metric key, label suffix)])
 PANELS = (
@@ -16,15 +17,16 @@ PANELS = (
 )
 
 
-def plot_runs(runs: dict[str, Path], out_dir: Path) -> list[Path]:
-    """One PNG per panel; each run (label -> run folder) is drawn into the same axes."""
+def plot_runs(runs: dict[str, str | Path], out_dir: Path) -> list[Path]:
+    """One PNG per panel; each run (label -> run folder, a local path or a URI) is drawn into
+    the same axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    histories = {label: read_metrics(Path(folder) / "metrics.jsonl") for label, folder in runs.items()}
+    histories = {label: read_metrics(storage.join(str(folder), METRICS_FILE)) for label, folder in runs.items()}
     written = []
     for file_name, title, series in PANELS:
         figure, axes = plt.subplots(figsize=(6, 4))

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mentor_ray import storage
 from mentor_ray.config import ConfigError, MentorConfig
 from mentor_ray.data import (
     Problem,
@@ -31,12 +32,27 @@ TOY_SCHEME = "toy://"
 
 @dataclass(frozen=True)
 class RunPaths:
-    policy_dir: str
+    policy_dir: str  # as the driver sees it (its tokenizer reads it)
     expert_dir: str | None
     train_path: str
     eval_path: str | None
     system_prompt: str
     run_dir: str
+    # What engines and learners resolve on their own node (`node_model_dir`): a toy:// name,
+    # else the driver's absolute path.
+    policy_ref: str = ""
+    expert_ref: str | None = None
+
+    @property
+    def run_name(self) -> str:
+        return self.run_dir.rstrip("/").rpartition("/")[2]
+
+
+def node_model_dir(reference: str, key: str) -> str:
+    """A model folder as this process's node sees it. A toy:// name resolves in this node's own
+    copy of the package (under `ray job submit --working-dir`, each node unpacks its own), so a
+    worker node never reads a folder of the driver's; a plain path must be one every node mounts."""
+    return resolve_model_dir(reference, key)
 
 
 @dataclass(frozen=True)
@@ -67,22 +83,44 @@ def _resolve(path: str | None, key: str) -> str | None:
     return toy_paths[item]
 
 
-def make_run_dir(config: MentorConfig) -> Path:
-    """The run's folder: logging.run_name (reused if it exists: a resume finds itself there),
-    else a new `<algorithm>-<time>` folder, suffixed when runs start in the same second."""
+def make_run_dir(config: MentorConfig) -> str:
+    """The run's folder, a local path or a URI (`logging.run_root` may be either):
+    logging.run_name (reused if it exists: a resume finds itself there), else a new
+    `<algorithm>-<time>` folder, suffixed when runs start in the same second."""
     algorithm = "mentor" if config.guided else "grpo"
+    stem = time.strftime(f"{algorithm}-%Y%m%d-%H%M%S")
+    if storage.is_uri(config.logging.run_root):
+        return _make_uri_run_dir(config, stem)
     root = Path(config.logging.run_root).expanduser().resolve()
     try:
         if config.logging.run_name:
             run_dir = root / config.logging.run_name
             run_dir.mkdir(parents=True, exist_ok=True)
         else:
-            run_dir = _new_folder(root, time.strftime(f"{algorithm}-%Y%m%d-%H%M%S"))
+            run_dir = _new_folder(root, stem)
         probe = run_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
         raise ConfigError(f"logging.run_root={config.logging.run_root!r}: a run folder is not writable under {root} ({error})") from error
+    return str(run_dir)
+
+
+def _make_uri_run_dir(config: MentorConfig, stem: str) -> str:
+    root = config.logging.run_root
+    try:
+        storage.make_dirs(root)
+        name = config.logging.run_name
+        if not name:
+            # An object store has no atomic mkdir: the folder is claimed by its first file.
+            taken = set(storage.list_dirs(root))
+            candidates = (stem if n == 1 else f"{stem}-{n}" for n in range(1, 1000))
+            name = next(candidate for candidate in candidates if candidate not in taken)
+        run_dir = storage.join(root, name)
+        storage.write_text(storage.join(run_dir, ".write-test"), "ok")
+        storage.delete_file(storage.join(run_dir, ".write-test"))
+    except storage.StorageError as error:
+        raise ConfigError(f"logging.run_root={root!r}: a run folder is not writable there ({error})") from error
     return run_dir
 
 
@@ -154,7 +192,7 @@ def resolve_model_dir(path: str, key: str) -> str:
     return folder
 
 
-def resolve_run_paths(config: MentorConfig, run_dir: Path) -> RunPaths:
+def resolve_run_paths(config: MentorConfig, run_dir: str) -> RunPaths:
     system_prompt = config.data.system_prompt
     if config.data.system_prompt_preset is not None:
         system_prompt = SYSTEM_PROMPTS[config.data.system_prompt_preset]
@@ -183,7 +221,13 @@ def resolve_run_paths(config: MentorConfig, run_dir: Path) -> RunPaths:
         eval_path=eval_path,
         system_prompt=system_prompt if system_prompt is not None else DEFAULT_SYSTEM_PROMPT,
         run_dir=str(run_dir),
+        policy_ref=_node_reference(config.model.policy_path, str(policy_dir)),
+        expert_ref=_node_reference(config.model.expert_path, expert_dir) if expert_dir else None,
     )
+
+
+def _node_reference(configured: str, resolved: str) -> str:
+    return configured if configured.startswith(TOY_SCHEME) else resolved
 
 
 def load_tokenized_problems(

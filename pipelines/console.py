@@ -120,9 +120,10 @@ class DriverConsole:
         """A queue the loop writes its lines to; a driver thread prints them."""
         from ray.util.queue import Queue
 
-        from pipelines.resources import OUTSIDE_CALLER_PLACEMENT_GROUP
+        from pipelines.resources import on_this_node
 
-        self._queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": OUTSIDE_CALLER_PLACEMENT_GROUP})
+        # On the driver's node: the console must outlive any worker node.
+        self._queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": on_this_node()})
         self._thread = threading.Thread(target=self._relay, name="console-relay", daemon=True)
         self._thread.start()
         return ConsoleLines(self._queue)

@@ -22,32 +22,38 @@ import ray
 import ray.data
 import ray.train
 import torch
+from torch.distributed import ReduceOp
 
+from mentor_ray import storage
 from mentor_ray.config import MentorConfig, config_from_dict
 from mentor_ray.core.guidance import guidance_alpha, next_entropy_threshold
-from mentor_ray.distributed import all_gather_variable_length, broadcast_object
-from mentor_ray.learner import PolicyLearner, TrainingSample, shard_for_rank
+from mentor_ray.distributed import all_gather_objects, all_gather_variable_length, all_reduce_values
+from mentor_ray.learner import PolicyLearner, TrainingSample
 from mentor_ray.metrics import (
+    METRICS_FILE,
     build_sinks,
-    objective_metrics,
     entropy_metrics,
     mixture_metrics,
+    objective_metrics,
     orchestration_metrics,
     read_metrics,
     rollout_metrics,
     rollout_time_metrics,
 )
 from mentor_ray.prompt_schedule import PromptSchedule
-from mentor_ray.run_inputs import RunPaths, TokenizedProblem
+from mentor_ray.run_inputs import RunPaths, TokenizedProblem, node_model_dir
 from pipelines.console import ConsoleLines, step_line
 from pipelines.evaluation import evaluate_policy
-from pipelines.roles import RolloutRoles
+from pipelines.roles import RolloutRoles, process_whereabouts
 from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
+from pipelines.rollout_shards import exchange, fetch_shard, share_rollout
 
 CLIENT_STATE_FILE = "loop_state.json"
 # Written by rank 0 when the loop stops on purpose (too many NaN updates); the driver reads it.
 STOP_FILE = "stopped.json"
 PLACEMENT_GROUP_FILE = "placement_group.json"
+PLACEMENT_FILE = "placement.json"
+FINAL_MODEL_FOLDER = "final_model"
 
 
 def global_entropy_threshold(local_on_policy_entropies: list[torch.Tensor], config: MentorConfig) -> tuple[float, torch.Tensor]:
@@ -56,6 +62,17 @@ def global_entropy_threshold(local_on_policy_entropies: list[torch.Tensor], conf
     local = torch.cat(local_on_policy_entropies) if local_on_policy_entropies else torch.zeros(0)
     everything = all_gather_variable_length(local.float())
     return next_entropy_threshold(everything, config.guidance.entropy_quantile, config.guidance.tau_floor), everything
+
+
+def save_final_model(learner: PolicyLearner, run_dir: str, is_chief: bool) -> None:
+    """`final_model/` in the run folder; on shared storage it is written locally, then uploaded."""
+    if not storage.is_uri(run_dir):
+        learner.save_hf(Path(run_dir) / FINAL_MODEL_FOLDER)
+        return
+    with tempfile.TemporaryDirectory(prefix="mentor-final-model-") as local:
+        learner.save_hf(local)  # collective; rank 0 writes
+        if is_chief:
+            storage.upload_dir(local, storage.join(run_dir, FINAL_MODEL_FOLDER))
 
 
 def _seed_everything(seed: int) -> None:
@@ -70,6 +87,16 @@ def rollout_batch_prompts(config: MentorConfig) -> int:
     grading, mostly in-process for integer answers, costs milliseconds to overlap."""
     engines = max(config.scaling.num_policy_engines, config.scaling.num_mixed_engines if config.guided else 0)
     return max(1, math.ceil(config.rollout.prompts_per_step / engines))
+
+
+def _mini_batches_or_error(samples: list[TrainingSample], config: MentorConfig, step: int) -> tuple[int | None, str | None]:
+    """The step's global mini-batch count, or why the step cannot fill its mini-batches."""
+    surviving_prompts = len({s.group_id for s in samples})
+    if config.optimizer.mini_batch_samples is None and surviving_prompts < config.rollout.prompts_per_step // config.optimizer.mini_batch_prompts:
+        return None, f"step {step}: too few prompts survived the rollout to fill the mini-batches of optimizer.mini_batch_prompts"
+    if not samples:
+        return None, f"step {step}: the rollout returned no samples"
+    return config.mini_batch_count(len(samples), surviving_prompts), None
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
@@ -92,7 +119,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     data_context.enable_progress_bars = False
     # Per-execution stats logging costs ~20 ms a step and nobody reads it here.
     data_context.enable_auto_log_stats = False
-    learner = PolicyLearner(paths.policy_dir, config, world_size, rank)
+    learner = PolicyLearner(node_model_dir(paths.policy_ref or paths.policy_dir, "model.policy_path"), config, world_size, rank)
     schedule = PromptSchedule(len(train_problems), config.rollout.prompts_per_step, config.seed, config.data.shuffle)
     prompts_per_batch = rollout_batch_prompts(config)
 
@@ -102,7 +129,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     }
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and loop_config.get("resume_from"):
-        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
+        filesystem, path = storage.resolve(loop_config["resume_from"])
+        checkpoint = ray.train.Checkpoint(path, filesystem=filesystem)
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             loaded = learner.load_checkpoint(Path(folder) / "deepspeed")
@@ -118,14 +146,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     del weights
     weights_version = state["step"]
 
-    run_dir = Path(paths.run_dir)
+    run_dir = paths.run_dir  # a local path or a URI: every file goes through mentor_ray.storage
+    learners = all_gather_objects({**process_whereabouts(), "role": f"learner rank {rank}", "model_dirs": {"policy_dir": str(learner.model_dir)}})
     if is_chief:
+        # Where every role landed and what it read: the run's placement record.
+        storage.write_text(storage.join(run_dir, PLACEMENT_FILE), json.dumps({"learners": learners, "rollout": roles.whereabouts()}, indent=2))
         # The learners' placement group, named in the run folder: a sweep that stops this run
         # early removes it (Ray Train's own cleaner cannot reach a ray.init() local instance).
         group = ray.util.get_current_placement_group()
         if group is not None:
-            (run_dir / PLACEMENT_GROUP_FILE).write_text(json.dumps({"id": group.id.hex()}))
-    sinks = build_sinks(config.logging.sinks, run_dir, config.logging.project, run_dir.name, config.to_dict()) if is_chief else []
+            storage.write_text(storage.join(run_dir, PLACEMENT_GROUP_FILE), json.dumps({"id": group.id.hex()}))
+    sinks = build_sinks(
+        config.logging.sinks, run_dir, config.logging.project, paths.run_name, config.to_dict(), resumed_at=state["step"],
+    ) if is_chief else []
     if is_chief and state["step"] == 0 and eval_problems and config.eval.every_steps:
         # Step 0: the initial policy's validation, so every later number has its baseline.
         initial = evaluate_policy(eval_problems, config, roles, 0, weights_version)
@@ -143,8 +176,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         n_mixed = config.rollout.n_mixed if alpha > 0 else 0
         metrics: dict[str, float] = {"guidance/alpha": alpha, "guidance/entropy_threshold": state["entropy_threshold"]}
 
-        # 1. Rollouts on rank 0, shared with every rank through the object store.
-        rows_ref = None
+        # 1. Rollouts on rank 0; each rank fetches its own shard from the object store.
+        shards = None
         if is_chief:
             prompts = [
                 PromptRecord(position, train_problems[i].problem_id, train_problems[i].answer, train_problems[i].prompt_token_ids)
@@ -169,20 +202,25 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 bad_references_told.add(problem_id)
             metrics["time/rollout_seconds"] = rollout.seconds
             metrics["time/rollout_tokens_per_second"] = rollout.generated_tokens / max(rollout.seconds, 1e-9)
-            rows_ref = [ray.put(rollout.rows)]
-        rows = ray.get(broadcast_object(rows_ref)[0])
-        samples = [TrainingSample.from_rollout_row(row) for row in rows]
+            samples = [TrainingSample.from_rollout_row(row) for row in rollout.rows]
+            shards = share_rollout(samples, world_size, *_mini_batches_or_error(samples, config, step))
+            metrics["transfer/rollout_bytes_per_rank_max"] = float(max(shards.shard_bytes, default=0))
+            metrics["transfer/rollout_bytes"] = float(sum(shards.shard_bytes))
+        shards = exchange(shards)
+        local_batches, fetch_seconds = fetch_shard(shards, rank)
+        if loop_config.get("shard_record_dir"):
+            # Inspection for tests: what this rank trained on, sample by sample.
+            with (Path(loop_config["shard_record_dir"]) / f"rank{rank}.jsonl").open("a") as record:
+                record.write(json.dumps({"step": step, "rank": rank, "mini_batches": [
+                    [[s.group_id, s.is_mixed, s.response_token_ids] for s in batch] for batch in local_batches
+                ]}) + "\n")
         if step in loop_config.get("nan_loss_at_steps", ()):
             # Fault injection for tests: a NaN advantage makes every loss of this step NaN.
-            samples = [dataclasses.replace(s, advantage=float("nan")) for s in samples]
-        surviving_prompts = len({s.group_id for s in samples})
-        if config.optimizer.mini_batch_samples is None and surviving_prompts < config.rollout.prompts_per_step // config.optimizer.mini_batch_prompts:
-            raise RuntimeError(f"step {step}: too few prompts survived the rollout to fill the mini-batches of optimizer.mini_batch_prompts")
-        mini_batch_count = config.mini_batch_count(len(samples), surviving_prompts)
+            local_batches = [[dataclasses.replace(s, advantage=float("nan")) for s in batch] for batch in local_batches]
+        (metrics["time/rollout_fetch_seconds_max"],) = all_reduce_values([fetch_seconds], ReduceOp.MAX)
 
         # 2. Old log-probs, entropies and the PPO update on this rank's shard.
         learn_started = time.perf_counter()
-        local_batches = shard_for_rank(samples, rank, world_size, mini_batch_count)
         flat = [s for batch in local_batches for s in batch]
         learned = learner.learn(local_batches)
         update_metrics = learned.metrics
@@ -201,8 +239,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             for s, lp in zip(flat, learned.old_log_probs)
             if not s.is_mixed and s.behaviour_log_probs and len(s.behaviour_log_probs) == len(lp)
         ]
-        if gaps:
-            metrics["train/behaviour_log_prob_gap_max"] = float(torch.cat(gaps).max())
+        (largest_gap,) = all_reduce_values([float(torch.cat(gaps).max()) if gaps else -1.0], ReduceOp.MAX)
+        if largest_gap >= 0:
+            metrics["train/behaviour_log_prob_gap_max"] = largest_gap
         state["skipped_updates"] += int(update_metrics.get("train/skipped_updates", 0))
         if state["skipped_updates"] > config.max_skipped_updates:
             # Every rank sees the same count (ZeRO's overflow check is global), so all stop here,
@@ -261,11 +300,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if first_step > config.total_steps:
         # Resumed at the last step (a run interrupted after its final checkpoint): report the
         # last step again, so whoever follows the reports (a Tune trial) sees how it ended.
-        history = read_metrics(run_dir / "metrics.jsonl") if is_chief and (run_dir / "metrics.jsonl").is_file() else []
+        metrics_file = storage.join(run_dir, METRICS_FILE)
+        history = read_metrics(metrics_file) if is_chief and storage.exists(metrics_file) else []
         ray.train.report(history[-1] if history else {})
     if stop_reason is None:
-        learner.save_hf(run_dir / "final_model")
+        save_final_model(learner, run_dir, is_chief)
     elif is_chief:
-        (run_dir / STOP_FILE).write_text(json.dumps({"reason": stop_reason}))
+        storage.write_text(storage.join(run_dir, STOP_FILE), json.dumps({"reason": stop_reason}))
     for sink in sinks:
         sink.close()

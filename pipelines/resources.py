@@ -1,14 +1,17 @@
-"""What one run occupies on a Ray cluster: the one place that counts it.
+"""What one run occupies on a Ray cluster, and where each role goes: the one place for both.
 
 A run's driver starts engines, reward graders and DeepSpeed learners as separate actors, so a
 scheduler that sees only the driver (Ray Tune sees a trial's driver function) undercounts it.
-The preflight check of a single run and the sweep's concurrency limit both read `run_needs`.
+The preflight check of a single run and the sweep's concurrency limit both read `run_needs`;
+the actors and Ray Train's workers take their node labels from `placement_options`, and the
+preflight checks that labelled nodes exist with room for their role (`check_placement`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from mentor_ray.config import ConfigError, MentorConfig
 
@@ -60,3 +63,64 @@ def check_fits(config: MentorConfig, resources: dict[str, float]) -> RunNeeds:
             f"{resources.get('CPU', 0):g} CPUs and {resources.get('GPU', 0):g} GPUs"
         )
     return needs
+
+
+def on_this_node():
+    """A scheduling strategy for an actor that must live and die with the caller's node (and
+    stay out of the caller's placement group, as OUTSIDE_CALLER_PLACEMENT_GROUP)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+
+
+def placement_options(selector: dict[str, str]) -> dict[str, Any]:
+    """Ray actor options that pin a role to nodes with these labels (none: anywhere)."""
+    return {"label_selector": dict(selector)} if selector else {}
+
+
+def label_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Ray's label-selector rule for one node: `v` equals, `!v` differs, `in(a,b)` is one of,
+    `!in(a,b)` is none of (a missing label counts as different)."""
+    for key, wanted in selector.items():
+        have = labels.get(key)
+        negate = wanted.startswith("!")
+        body = wanted[1:] if negate else wanted
+        choices = [c.strip() for c in body[3:-1].split(",")] if body.startswith("in(") and body.endswith(")") else [body]
+        if (have in choices) == negate:
+            return False
+    return True
+
+
+def role_demands(config: MentorConfig) -> list[tuple[str, dict[str, str], float, float]]:
+    """(role, label selector, CPUs, GPUs) of every role the config pins to labelled nodes."""
+    scaling, placement = config.scaling, config.placement
+    needs = run_needs(config)
+    engine_gpus = needs.engines * scaling.gpus_per_engine if scaling.use_gpu else 0
+    learner_gpus = needs.learners if scaling.use_gpu else 0
+    demands = [
+        ("engines", placement.engines, needs.engines * scaling.cpus_per_engine, engine_gpus),
+        ("learners", placement.learners, needs.learners * scaling.cpus_per_learner_worker, learner_gpus),
+        ("graders", placement.graders, GRADER_CPUS, 0.0),
+    ]
+    return [demand for demand in demands if demand[1]]
+
+
+def check_placement(config: MentorConfig, nodes: list[dict[str, Any]]) -> None:
+    """Refuse, before any work, a placement no alive node (as `ray.nodes()` lists them) can
+    serve: a selector no node matches, or matching nodes without room for the whole role."""
+    alive = [node for node in nodes if node.get("Alive")]
+    for role, selector, cpus, gpus in role_demands(config):
+        matching = [node for node in alive if label_matches(selector, node.get("Labels") or {})]
+        if not matching:
+            seen = sorted({f"{k}={v}" for node in alive for k, v in (node.get("Labels") or {}).items() if not k.startswith("ray.io/")})
+            raise ConfigError(
+                f"placement.{role}={selector}: no alive node has these labels (labels on the cluster: {seen or 'none'})"
+            )
+        have_cpus = sum(node["Resources"].get("CPU", 0.0) for node in matching)
+        have_gpus = sum(node["Resources"].get("GPU", 0.0) for node in matching)
+        if have_cpus + 1e-9 < cpus or have_gpus + 1e-9 < gpus:
+            raise ConfigError(
+                f"placement.{role}={selector}: the {role} need {cpus:g} CPUs and {gpus:g} GPUs; the matching "
+                f"{len(matching)} node(s) have {have_cpus:g} CPUs and {have_gpus:g} GPUs"
+            )

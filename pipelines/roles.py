@@ -20,6 +20,7 @@ import ray
 import torch
 
 from mentor_ray.config import MentorConfig
+from mentor_ray.run_inputs import node_model_dir
 from mentor_ray.rewards import DEFAULT_GRADING_FUNCTION, RewardGrader, RewardWeights
 from mentor_ray.rollout.engines import (
     EngineKind,
@@ -31,7 +32,22 @@ from mentor_ray.rollout.engines import (
     build_engine,
 )
 from mentor_ray.rollout.requests import CPU_ENGINE_ENV
-from pipelines.resources import GRADER_CPUS, OUTSIDE_CALLER_PLACEMENT_GROUP
+from pipelines.resources import GRADER_CPUS, OUTSIDE_CALLER_PLACEMENT_GROUP, on_this_node, placement_options
+
+
+# The engine arguments that name model folders; an engine resolves them on its own node.
+MODEL_FOLDER_ARGUMENTS = ("model_dir", "policy_dir", "expert_dir")
+
+
+def process_whereabouts() -> dict[str, Any]:
+    """This process's node (id and labels), pid and working folder."""
+    import os
+
+    context = ray.get_runtime_context()
+    node_id = context.get_node_id()
+    labels = next((node.get("Labels", {}) for node in ray.nodes() if node["NodeID"] == node_id), {})
+    return {"node_id": node_id, "labels": {k: v for k, v in labels.items() if not k.startswith("ray.io/")},
+            "pid": os.getpid(), "cwd": os.getcwd()}
 
 
 class WeightStore:
@@ -79,7 +95,10 @@ class RolloutEngineActor:
     store, tau with each request."""
 
     def __init__(self, kind: EngineKind, engine_kwargs: dict[str, Any], weight_store: Any) -> None:
-        self.engine = build_engine(kind, engine_kwargs)
+        self.model_dirs = {
+            key: node_model_dir(value, key) for key, value in engine_kwargs.items() if key in MODEL_FOLDER_ARGUMENTS
+        }
+        self.engine = build_engine(kind, {**engine_kwargs, **self.model_dirs})
         self.busy = BusyClock()
         self.kind = kind
         self.weights_version = 0
@@ -88,19 +107,31 @@ class RolloutEngineActor:
         if version > 0:
             self._load(version, weights_ref[0])
 
-    def _load(self, version: int, weights_ref: ray.ObjectRef) -> float:
+    def _load(self, version: int, weights_ref: ray.ObjectRef) -> None:
         weights: dict[str, torch.Tensor] = ray.get(weights_ref)
-        seconds = self.engine.update_weights(list(weights.items()))
+        self.engine.update_weights(list(weights.items()))
         self.weights_version = version
-        return seconds
+
+    def whereabouts(self) -> dict[str, Any]:
+        """Where this engine runs and what it read: the run's placement record."""
+        return {**process_whereabouts(), "role": f"{self.kind} engine", "model_dirs": self.model_dirs,
+                "weights_version": self.weights_version}
 
     def weights_version_and_pid(self) -> tuple[int, int]:
         import os
 
         return self.weights_version, os.getpid()
 
-    def sync_weights(self, version: int, weights_ref: list[ray.ObjectRef]) -> float:
-        return self._load(version, weights_ref[0])
+    def sync_weights(self, version: int, weights_ref: list[ray.ObjectRef]) -> dict[str, float]:
+        """Loads the published weights; says how long the fetch (a transfer when the learner
+        is on another node) and the in-place load took, and which version it now serves."""
+        started = time.perf_counter()
+        weights: dict[str, torch.Tensor] = ray.get(weights_ref[0])
+        fetch_seconds = time.perf_counter() - started
+        self.engine.update_weights(list(weights.items()))
+        self.weights_version = version
+        return {"fetch_seconds": fetch_seconds, "load_seconds": time.perf_counter() - started - fetch_seconds,
+                "weights_version": float(version)}
 
     def generate_for_step(
         self,
@@ -168,6 +199,9 @@ class RewardActor:
     def close(self) -> None:
         self.grader.close()
 
+    def whereabouts(self) -> dict[str, Any]:
+        return {**process_whereabouts(), "role": "grader"}
+
 
 @dataclass
 class RolloutRoles:
@@ -183,8 +217,23 @@ class RolloutRoles:
         weights_ref = ray.put(weights)
         ray.get(self.weight_store.publish.remote(version, [weights_ref]))
         engines = self.policy_engines + self.mixed_engines
-        seconds = ray.get([engine.sync_weights.remote(version, [weights_ref]) for engine in engines])
-        return {"sync/engine_load_seconds_max": max(seconds) if seconds else 0.0}
+        reports = ray.get([engine.sync_weights.remote(version, [weights_ref]) for engine in engines])
+        if not reports:
+            return {}
+        return {
+            "sync/engine_load_seconds_max": max(r["load_seconds"] for r in reports),
+            "sync/engine_fetch_seconds_max": max(r["fetch_seconds"] for r in reports),
+            # Every engine says which version it serves after the sync; min = max = the step.
+            "sync/engine_weights_version_min": min(r["weights_version"] for r in reports),
+            "sync/engine_weights_version_max": max(r["weights_version"] for r in reports),
+            "transfer/weights_bytes": float(_object_size(weights_ref)),
+            "transfer/weights_bytes_to_engines": float(_object_size(weights_ref) * len(engines)),
+        }
+
+    def whereabouts(self) -> list[dict[str, Any]]:
+        """Every engine's and grader's node, labels and the model folders it read."""
+        actors = self.policy_engines + self.mixed_engines + self.reward_actors
+        return ray.get([actor.whereabouts.remote() for actor in actors])
 
     def check_engines(self) -> None:
         """Waits for every engine to be built; raises the error of one that could not be."""
@@ -204,6 +253,12 @@ class RolloutRoles:
                 pass
         for actor in self.policy_engines + self.mixed_engines + self.reward_actors + [self.weight_store]:
             ray.kill(actor)
+
+
+def _object_size(ref: ray.ObjectRef) -> int:
+    from ray.experimental import get_object_locations
+
+    return int(get_object_locations([ref])[ref].get("object_size") or 0)
 
 
 def engine_settings(config: MentorConfig, seed_offset: int = 0) -> EngineSettings:
@@ -231,6 +286,7 @@ def start_engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_s
         max_restarts=-1,
         max_task_retries=-1,
         scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP,
+        **placement_options(config.placement.engines),
     ).remote(kind, engine_kwargs, weight_store)
 
 
@@ -239,7 +295,10 @@ def start_reward_actor(config: MentorConfig, grading_function: str = DEFAULT_GRA
     weights = RewardWeights(accuracy=config.reward.accuracy_weight, format=config.reward.format_weight)
     return (
         ray.remote(RewardActor)
-        .options(num_cpus=GRADER_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP)
+        .options(
+            num_cpus=GRADER_CPUS, max_restarts=-1, max_task_retries=-1, scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP,
+            **placement_options(config.placement.graders),
+        )
         .remote(weights, config.reward.timeout_s, config.reward.num_processes, config.reward.format_rule, grading_function)
     )
 
@@ -248,7 +307,9 @@ def build_rollout_roles(config: MentorConfig, policy_dir: str, expert_dir: str |
     """Starts the run's actors. wait=False returns at once, so the learners start while the
     engines import vLLM and warm up (their first use waits for them); `check_engines` then
     names an engine that could not start."""
-    weight_store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP).remote()
+    # The store lives with the driver: losing a worker node must not lose the record engines
+    # reload from when they restart.
+    weight_store = ray.remote(WeightStore).options(num_cpus=0, scheduling_strategy=on_this_node()).remote()
     policy_engines = [
         start_engine_actor("policy", {"model_dir": policy_dir, "settings": engine_settings(config, i)}, weight_store, config)
         for i in range(config.scaling.num_policy_engines)

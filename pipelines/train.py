@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -33,23 +35,29 @@ class RunSummary:
 
 def _preflight(config, ray_module) -> None:
     """Refuse, before any work, a config the cluster cannot run."""
-    from pipelines.resources import check_fits
+    from pipelines.resources import check_fits, check_placement
 
     check_fits(config, ray_module.cluster_resources())
+    check_placement(config, ray_module.nodes())
 
 
-def find_checkpoint(path: str) -> Path:
-    """A checkpoint folder, or the newest checkpoint under a run folder."""
+def find_checkpoint(path: str) -> str:
+    """A checkpoint folder, or the newest checkpoint under a run folder (local path or URI)."""
+    from mentor_ray import storage
     from mentor_ray.config import ConfigError
     from pipelines.loop import CLIENT_STATE_FILE
 
-    root = Path(path).expanduser()
-    if (root / CLIENT_STATE_FILE).is_file():
-        return root
-    candidates = sorted(root.rglob(CLIENT_STATE_FILE), key=lambda p: json.loads(p.read_text())["step"])
-    if not candidates:
+    root = path if storage.is_uri(path) else str(Path(path).expanduser())
+    try:
+        if storage.is_file(storage.join(root, CLIENT_STATE_FILE)):
+            return root
+        states = [name for name in storage.list_files(root, recursive=True) if name.rpartition("/")[2] == CLIENT_STATE_FILE]
+    except storage.StorageError as error:
+        raise ConfigError(f"checkpoint.resume_from={path!r}: {error}") from error
+    if not states:
         raise ConfigError(f"checkpoint.resume_from={path!r}: no checkpoint (no {CLIENT_STATE_FILE}) there")
-    return candidates[-1].parent
+    newest = max(states, key=lambda name: json.loads(storage.read_text(storage.join(root, name)))["step"])
+    return storage.join(root, newest.rpartition("/")[0])
 
 
 def quiet_state_api_warnings() -> None:
@@ -70,7 +78,7 @@ def _warm_up_quietly() -> None:
         pass
 
 
-def _start_line(config, run_dir: Path, paths) -> str:
+def _start_line(config, run_dir: str, paths, log_file: Path) -> str:
     algorithm = "MENTOR" if config.guided else "GRPO"
     engines = f"{config.scaling.num_policy_engines} policy" + (
         f" + {config.scaling.num_mixed_engines} mixed" if config.guided else ""
@@ -78,7 +86,7 @@ def _start_line(config, run_dir: Path, paths) -> str:
     return (
         f"{algorithm} run {run_dir} | policy {paths.policy_dir} | {config.total_steps} steps of "
         f"{config.rollout.prompts_per_step} prompts x {config.rollout.n_on_policy}+{config.rollout.n_mixed} | "
-        f"setting up {engines} engines, {config.scaling.num_learner_workers} DeepSpeed learner(s) | log {run_dir / 'run.log'}"
+        f"setting up {engines} engines, {config.scaling.num_learner_workers} DeepSpeed learner(s) | log {log_file}"
     )
 
 
@@ -120,6 +128,7 @@ def run_training(
     ray_address: str | None = None,
     callbacks: tuple = (),
     nan_loss_at_steps: tuple[int, ...] = (),
+    shard_record_dir: str | None = None,
     verbose: bool = False,
 ) -> RunSummary:
     """One whole loop from a typed config; returns its summary. The CLI and a Tune trial both
@@ -128,39 +137,55 @@ def run_training(
 
     callbacks: Ray Train callbacks (a Tune trial passes the one that forwards each step's report).
     nan_loss_at_steps: fault injection for tests (those steps' losses are made NaN).
+    shard_record_dir: inspection for tests: each learner rank appends the samples it trained on
+        to `rank<r>.jsonl` there.
     verbose: library logs on the console instead of the run folder's run.log.
     """
+    from mentor_ray import storage
     from mentor_ray.config import save_config
     from mentor_ray.run_inputs import make_run_dir, resolve_run_paths
-    from pipelines.console import DriverConsole
+    from pipelines.console import RUN_LOG_FILE, DriverConsole
 
     started = time.perf_counter()
     resume_from = find_checkpoint(config.checkpoint.resume_from) if config.checkpoint.resume_from else None
     run_dir = make_run_dir(config)
     paths = resolve_run_paths(config, run_dir)
-    save_config(config, run_dir / "config.yaml")
-    console = DriverConsole(run_dir, verbose=verbose)
-    console.say(_start_line(config, run_dir, paths))
+    save_config(config, storage.join(run_dir, "config.yaml"))
+    # The driver's own files (run.log, plots) need a local folder: the run folder itself, or,
+    # for a run folder on shared storage, a staging folder uploaded and removed at the end.
+    on_storage = storage.is_uri(run_dir)
+    local_dir = Path(tempfile.mkdtemp(prefix="mentor-run-")) if on_storage else Path(run_dir)
+    console = DriverConsole(local_dir, verbose=verbose)
+    console.say(_start_line(config, run_dir, paths, storage.join(run_dir, RUN_LOG_FILE) if on_storage else local_dir / RUN_LOG_FILE))
     console.quiet_libraries()
     try:
-        summary = _run(config, run_dir, paths, resume_from, console, ray_address, tuple(callbacks), nan_loss_at_steps, started)
+        summary = _run(
+            config, run_dir, paths, resume_from, console, ray_address, tuple(callbacks), nan_loss_at_steps,
+            shard_record_dir, started,
+        )
         if summary.stopped is not None:
             console.say(f"stopped: {summary.stopped}; run folder {summary.run_dir}")
         return summary
     finally:
         console.close()
+        if on_storage:
+            storage.upload_dir(local_dir, run_dir)
+            shutil.rmtree(local_dir, ignore_errors=True)
 
 
-def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, nan_loss_at_steps, started) -> RunSummary:
+def _run(
+    config, run_dir, paths, resume_from, console, ray_address, callbacks, nan_loss_at_steps, shard_record_dir, started,
+) -> RunSummary:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from transformers import AutoTokenizer
 
-    from mentor_ray.metrics import read_metrics
+    from mentor_ray import storage
+    from mentor_ray.metrics import METRICS_FILE, read_metrics
     from mentor_ray.plots import plot_runs
     from mentor_ray.run_inputs import load_tokenized_problems
-    from pipelines.loop import STOP_FILE, train_loop_per_worker
+    from pipelines.loop import FINAL_MODEL_FOLDER, STOP_FILE, train_loop_per_worker
     from pipelines.roles import build_rollout_roles
 
     tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
@@ -175,11 +200,12 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, n
         data_counts.update(eval_counts)
 
     connect_ray(config, ray_address, log_to_driver=console.log_to_driver)
-    console.link_ray_logs()
+    if not storage.is_uri(run_dir):
+        console.link_ray_logs()  # a link in a staging folder would upload Ray's session logs
     _preflight(config, ray)
     # A reused run folder may hold an earlier run's stop marker; only this run's may count.
-    (run_dir / STOP_FILE).unlink(missing_ok=True)
-    roles = build_rollout_roles(config, paths.policy_dir, paths.expert_dir, wait=False)
+    storage.delete_file(storage.join(run_dir, STOP_FILE))
+    roles = build_rollout_roles(config, paths.policy_ref, paths.expert_ref, wait=False)
     threading.Thread(target=_warm_up_quietly, name="warm-up-stage-workers", daemon=True).start()
     try:
         console_lines = console.start_relay()
@@ -195,16 +221,18 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, n
                 # resume point for a new run (TorchTrainer's resume argument is deprecated in V2).
                 "resume_from": str(resume_from) if resume_from else None,
                 "nan_loss_at_steps": tuple(nan_loss_at_steps),
+                "shard_record_dir": shard_record_dir,
                 "console": console_lines,
             },
             scaling_config=ScalingConfig(
                 num_workers=config.scaling.num_learner_workers,
                 use_gpu=config.scaling.use_gpu,
                 resources_per_worker={"CPU": config.scaling.cpus_per_learner_worker, **({"GPU": 1} if config.scaling.use_gpu else {})},
+                label_selector=dict(config.placement.learners) or None,
             ),
             run_config=RunConfig(
                 name="ray_train",
-                storage_path=str(run_dir),
+                **storage.ray_storage(run_dir),
                 failure_config=FailureConfig(max_failures=2),
                 checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep_last),
                 callbacks=list(callbacks),
@@ -218,17 +246,17 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, n
     finally:
         roles.shutdown()
 
-    history = read_metrics(run_dir / "metrics.jsonl")
-    plot_runs({run_dir.name: run_dir}, run_dir / "plots")
+    history = read_metrics(storage.join(run_dir, METRICS_FILE))
+    plot_runs({paths.run_name: run_dir}, console.run_dir / "plots")
     last = history[-1] if history else {}
-    stop_file = run_dir / STOP_FILE
-    stopped = json.loads(stop_file.read_text())["reason"] if stop_file.exists() else None
+    stop_file = storage.join(run_dir, STOP_FILE)
+    stopped = json.loads(storage.read_text(stop_file))["reason"] if storage.exists(stop_file) else None
     summary = RunSummary(
-        run_dir=str(run_dir), steps=int(last.get("step", 0)), seconds=time.perf_counter() - started,
-        final_model=str(run_dir / "final_model") if stopped is None else "", stopped=stopped,
+        run_dir=run_dir, steps=int(last.get("step", 0)), seconds=time.perf_counter() - started,
+        final_model=storage.join(run_dir, FINAL_MODEL_FOLDER) if stopped is None else "", stopped=stopped,
         metrics={**data_counts, **{k: v for k, v in last.items() if k != "step"}},
     )
-    (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+    storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(asdict(summary), indent=2))
     return summary
 
 

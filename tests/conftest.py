@@ -29,3 +29,15 @@ def local_ray():
     ray.init(num_cpus=16, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_bucket():
+    """A moto S3 server in its own process with one bucket (tests/s3_server.py), shared by the
+    session. Yields an S3Server: endpoint_url, bucket, uri(*parts), and env (endpoint, fake keys,
+    region) to put in os.environ or a Ray runtime_env; the environment is left untouched. Needs
+    moto[server] (the dev extra)."""
+    from s3_server import s3_server
+
+    with s3_server() as server:
+        yield server

@@ -1,7 +1,10 @@
 
+import json
+
 import pytest
 import torch
 
+from mentor_ray import storage
 from mentor_ray.metrics import (
     JsonlSink,
     build_sinks,
@@ -54,6 +57,26 @@ def test_jsonl_sink_and_resume_deduplication(tmp_path):
     sink.log(2, {"a": 2.0})
     sink.log(2, {"a": 3.0})  # step 2 again after a resume: the later record wins
     assert [r["a"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1.0, 3.0]
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_restarted_run_logs_each_step_once(tmp_path, where, request, monkeypatch):
+    """A learner restarted from its step-1 checkpoint logs steps 2.. again: the sink drops
+    what was logged after the checkpoint, keeps what came before, and on S3 rewrites the file."""
+    if where == "s3":
+        server = request.getfixturevalue("s3_bucket")
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        location = server.uri("sink-test", "metrics.jsonl")
+    else:
+        location = str(tmp_path / "metrics.jsonl")
+    first = JsonlSink(location)
+    for step in (1, 2, 3):
+        first.log(step, {"a": float(step)})
+    again = JsonlSink(location, resumed_at=1)
+    again.log(2, {"a": 20.0})
+    lines = [json.loads(line) for line in storage.read_text(location).splitlines()]
+    assert [(r["step"], r["a"]) for r in lines] == [(1, 1.0), (2, 20.0)]
 
 
 def test_missing_logger_package_names_the_extra(tmp_path, monkeypatch):
