@@ -45,6 +45,7 @@ __all__ = [
     "list_files",
     "local_copy",
     "make_dirs",
+    "parent",
     "ray_storage",
     "read_bytes",
     "read_text",
@@ -157,6 +158,15 @@ def join(location: str | os.PathLike[str], *parts: str) -> str:
     encoded = (quote(part, safe="/!$&'()*+,;=:@") for part in parts)
     path = posixpath.join(split.path or "/", *encoded)
     return urlunsplit((split.scheme, split.netloc, path, split.query, split.fragment))
+
+
+def parent(location: str | os.PathLike[str]) -> str:
+    """The folder holding ``location`` (a URI keeps its scheme and query)."""
+    location = os.fspath(location)
+    if not is_uri(location):
+        return os.path.dirname(os.path.abspath(os.path.expanduser(location)))
+    split = urlsplit(location)
+    return urlunsplit((split.scheme, split.netloc, posixpath.dirname(split.path.rstrip("/")), split.query, split.fragment))
 
 
 # ----------------------------------------------------------------------------- files

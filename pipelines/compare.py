@@ -14,14 +14,17 @@ seed's curves. With one seed and no other flags it is the quick single compariso
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mentor_ray import storage
 from mentor_ray.config import MentorConfig, load_config
 from mentor_ray.metrics import end_of_guidance_step, mean_of, read_metrics, window_mean
 from mentor_ray.plots import plot_runs, plot_seeds
@@ -240,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE)
     parser.add_argument("--seeds", type=_seed_list, help="RL seeds, comma-separated (42,43,44): one MENTOR/GRPO pair each "
                         "(default: the recipe's seed)")
-    parser.add_argument("--runs", nargs=2, type=Path, metavar=("MENTOR_RUN", "GRPO_RUN"),
-                        help="compare two finished run folders instead of training")
+    parser.add_argument("--runs", nargs=2, metavar=("MENTOR_RUN", "GRPO_RUN"),
+                        help="compare two finished run folders (local paths or URIs such as s3://bucket/runs/x) instead of training")
     parser.add_argument("--pass-at-k-samples", type=int, default=32,
                         help="samples per held-out problem for both final models' pass@k (0: skip)")
     parser.add_argument("overrides", nargs="*")
@@ -254,12 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs:
         if args.seeds:
             parser.error("--runs compares two finished runs; --seeds trains new ones")
-        runs = {"mentor": args.runs[0], "grpo": args.runs[1]}
-        root = args.runs[0].parent / f"compare-{stamp}"
-        config = load_config(args.runs[0] / "config.yaml")
-        pairs[config.seed] = runs
-        per_seed[config.seed] = seed_numbers(runs, root, config, args.pass_at_k_samples)
-        (root / "comparison.json").write_text(json.dumps({"seed": config.seed, **per_seed[config.seed]}, indent=2))
+        try:
+            return compare_finished_runs(args.runs[0], args.runs[1], stamp, args.pass_at_k_samples)
+        except storage.StorageError as error:
+            print(f"error: --runs: {error}", file=sys.stderr)
+            return 2
     else:
         root = Path(config.logging.run_root) / f"compare-{stamp}"
         seeds = args.seeds or [config.seed]
@@ -269,12 +271,42 @@ def main(argv: list[str] | None = None) -> int:
             pairs[seed] = train_pair(args.config, seed_overrides, seed_root)
             per_seed[seed] = seed_numbers(pairs[seed], seed_root, load_config(args.config, seed_overrides), args.pass_at_k_samples)
             (seed_root / "comparison.json").write_text(json.dumps({"seed": seed, **per_seed[seed]}, indent=2))
+    write_summary(per_seed, pairs, root)
+    print(f"summary: {root / 'summary.md'}\nplots: {root / 'plots'}")
+    return 0
+
+
+def write_summary(per_seed: dict[int, dict[str, float]], pairs: dict[int, dict[str, Path]], root: Path) -> None:
     summary = summarize(per_seed)
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     (root / "summary.md").write_text(summary_markdown(summary))
     plot_seeds(pairs, root / "plots")
     print(summary_markdown(summary))
-    print(f"summary: {root / 'summary.md'}\nplots: {root / 'plots'}")
+
+
+# What a comparison reads of a finished run: never its checkpoints.
+RUN_FILES_COMPARED = ("metrics.jsonl", "config.yaml", "final_model")
+
+
+def compare_finished_runs(mentor_run: str, grpo_run: str, stamp: str, pass_at_k_samples: int) -> int:
+    """Both runs read where they are (local folders, or copies of what the comparison needs
+    from shared storage); the comparison is written beside the MENTOR run, as `compare-<stamp>`."""
+    output = storage.join(storage.parent(mentor_run), f"compare-{stamp}")
+    with contextlib.ExitStack() as stack:
+        runs = {}
+        for label, location in (("mentor", mentor_run), ("grpo", grpo_run)):
+            runs[label] = stack.enter_context(storage.local_copy(location, only=RUN_FILES_COMPARED))
+            missing = [name for name in RUN_FILES_COMPARED if not (runs[label] / name).exists()]
+            if missing:
+                raise storage.StorageNotFoundError(f"the {label} run {location} is not a finished run folder (no {', '.join(missing)})")
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mentor-compare-"))) if storage.is_uri(output) else Path(output)
+        config = load_config(runs["mentor"] / "config.yaml")
+        per_seed = {config.seed: seed_numbers(runs, root, config, pass_at_k_samples)}
+        (root / "comparison.json").write_text(json.dumps({"seed": config.seed, **per_seed[config.seed]}, indent=2))
+        write_summary(per_seed, {config.seed: runs}, root)
+        if storage.is_uri(output):
+            storage.upload_dir(root, output)
+    print(f"summary: {storage.join(output, 'summary.md')}\nplots: {storage.join(output, 'plots')}")
     return 0
 
 

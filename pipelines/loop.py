@@ -150,7 +150,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     learners = all_gather_objects({**process_whereabouts(), "role": f"learner rank {rank}", "model_dirs": {"policy_dir": str(learner.model_dir)}})
     if is_chief:
         # Where every role landed and what it read: the run's placement record.
-        storage.write_text(storage.join(run_dir, PLACEMENT_FILE), json.dumps({"learners": learners, "rollout": roles.whereabouts()}, indent=2))
+        storage.write_text(storage.join(run_dir, PLACEMENT_FILE), json.dumps({"driver": loop_config.get("driver"), "learners": learners, "rollout": roles.whereabouts()}, indent=2))
         # The learners' placement group, named in the run folder: a sweep that stops this run
         # early removes it (Ray Train's own cleaner cannot reach a ray.init() local instance).
         group = ray.util.get_current_placement_group()

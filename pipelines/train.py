@@ -186,7 +186,7 @@ def _run(
     from mentor_ray.plots import plot_runs
     from mentor_ray.run_inputs import load_tokenized_problems
     from pipelines.loop import FINAL_MODEL_FOLDER, STOP_FILE, train_loop_per_worker
-    from pipelines.roles import build_rollout_roles
+    from pipelines.roles import build_rollout_roles, process_whereabouts
 
     tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
     train_problems, data_counts = load_tokenized_problems(
@@ -222,6 +222,7 @@ def _run(
                 "resume_from": str(resume_from) if resume_from else None,
                 "nan_loss_at_steps": tuple(nan_loss_at_steps),
                 "shard_record_dir": shard_record_dir,
+                "driver": process_whereabouts(),
                 "console": console_lines,
             },
             scaling_config=ScalingConfig(

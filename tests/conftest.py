@@ -41,3 +41,19 @@ def s3_bucket():
 
     with s3_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def short_run(toy_world, tmp_path_factory):
+    """The short run (tests/short_runs.py) on a local one-node Ray instance, one learner; each
+    sample it trained on is recorded in <run root>/shards/rank0.jsonl."""
+    import ray
+
+    from short_runs import short_config
+    from pipelines.train import run_training
+
+    root = tmp_path_factory.mktemp("runs")
+    (root / "shards").mkdir()
+    summary = run_training(short_config(root, "logging.run_name=short"), shard_record_dir=str(root / "shards"))
+    ray.shutdown()
+    return summary

@@ -16,28 +16,13 @@ from mentor_ray.config import ConfigError, load_config
 from mentor_ray.metrics import read_metrics
 from pipelines.train import DEFAULT_RECIPE, run_training
 
+from short_runs import short_config
+
 REPO = Path(__file__).resolve().parents[1]
-# A short run of the embedded recipe: 3 steps, validation and a checkpoint at step 2 and 3.
-SHORT = [
-    "total_steps=3", "rollout.prompts_per_step=8", "optimizer.mini_batch_prompts=4", "rollout.n_on_policy=4",
-    "rollout.n_mixed=2", "rollout.max_response_tokens=64", "eval.every_steps=2", "eval.max_problems=16",
-    "checkpoint.every_steps=2", "guidance.decay_steps=10", "guidance.tau_init=0.5",
-]
 
 
 def _config(tmp_path, *extra):
-    return load_config(DEFAULT_RECIPE, SHORT + [f"logging.run_root={tmp_path}", *extra])
-
-
-@pytest.fixture(scope="module")
-def short_run(toy_world, tmp_path_factory):
-    import ray
-
-    root = tmp_path_factory.mktemp("runs")
-    (root / "shards").mkdir()
-    summary = run_training(_config(root, "logging.run_name=short"), shard_record_dir=str(root / "shards"))
-    ray.shutdown()
-    return summary
+    return short_config(tmp_path, *extra)
 
 
 def test_short_run_writes_everything(short_run):
@@ -107,27 +92,63 @@ def test_config_errors_before_work(tmp_path, toy_world):
 
 
 def _step_metrics(run_dir, step):
-    return next(r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["step"] == step)
+    from mentor_ray import storage
+
+    return next(r for r in read_metrics(storage.join(str(run_dir), "metrics.jsonl")) if r["step"] == step)
 
 
-def test_resume_continues_the_same_run(short_run, tmp_path):
-    """Resumed at step 2, step 3 reproduces the uninterrupted run's step 3."""
+def test_resume_from_a_bucket_continues_the_same_run(short_run, s3_bucket, monkeypatch):
+    """The run folder in an S3 bucket (moto on loopback): resumed there at step 2, step 3
+    reproduces the uninterrupted run's step 3, and the resumed run writes only to the bucket."""
     import ray
 
+    from mentor_ray import storage
     from pipelines.loop import CLIENT_STATE_FILE
 
+    for key, value in s3_bucket.env.items():
+        monkeypatch.setenv(key, value)
+    uploaded = s3_bucket.uri("resume-test", "short")
+    storage.upload_dir(short_run.run_dir, uploaded)
     checkpoint = next(
-        p.parent for p in Path(short_run.run_dir).rglob(CLIENT_STATE_FILE) if json.loads(p.read_text())["step"] == 2
+        storage.join(uploaded, name.rpartition("/")[0]) for name in storage.list_files(uploaded, recursive=True)
+        if name.endswith(CLIENT_STATE_FILE) and json.loads(storage.read_text(storage.join(uploaded, name)))["step"] == 2
     )
-    resumed = run_training(_config(tmp_path, "logging.run_name=resumed", f"checkpoint.resume_from={checkpoint}"))
+    resumed = run_training(short_config(s3_bucket.uri("resume-test"), "logging.run_name=resumed", f"checkpoint.resume_from={checkpoint}"))
     ray.shutdown()
-    assert [r["step"] for r in read_metrics(Path(resumed.run_dir) / "metrics.jsonl")] == [3]
+    assert resumed.run_dir == s3_bucket.uri("resume-test", "resumed")
+    assert [r["step"] for r in read_metrics(storage.join(resumed.run_dir, "metrics.jsonl"))] == [3]
     original, again = _step_metrics(short_run.run_dir, 3), _step_metrics(resumed.run_dir, 3)
     # Same prompts, same sampling seeds, same weights and optimizer state: float noise only.
     for key in ("rollout/on_policy_reward", "rollout/mixed_reward", "rollout/response_length", "guidance/entropy_threshold"):
         assert again[key] == pytest.approx(original[key], abs=1e-6), key
     for key in ("train/loss", "train/grad_norm", "rollout/entropy_mean", "val/greedy_accuracy"):
         assert again[key] == pytest.approx(original[key], rel=1e-3, abs=1e-5), key
+    stored = storage.list_files(resumed.run_dir, recursive=True)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "run.log", "plots/val_accuracy.png", "final_model/config.json",
+                 "final_model/model.safetensors", "placement.json"):
+        assert name in stored, (name, stored)
+    assert any(name.startswith("ray_train/checkpoint_") and name.endswith(CLIENT_STATE_FILE) for name in stored)
+
+
+def test_compare_reads_finished_runs_from_a_bucket(short_run, s3_bucket, monkeypatch, capsys):
+    from mentor_ray import storage
+    from pipelines.compare import main as compare_main
+
+    for key, value in s3_bucket.env.items():
+        monkeypatch.setenv(key, value)
+    for label in ("mentor", "grpo"):
+        storage.upload_dir(short_run.run_dir, s3_bucket.uri("compare-test", label))
+    assert compare_main(["--runs", s3_bucket.uri("compare-test", "mentor"), s3_bucket.uri("compare-test", "grpo"),
+                         "--pass-at-k-samples", "0"]) == 0
+    (folder,) = [name for name in storage.list_dirs(s3_bucket.uri("compare-test")) if name.startswith("compare-")]
+    numbers = json.loads(storage.read_text(s3_bucket.uri("compare-test", folder, "comparison.json")))
+    # The same run on both sides: every paired number equal.
+    assert numbers["mentor_entropy_end_of_guidance"] == numbers["grpo_entropy_end_of_guidance"]
+    assert storage.is_file(s3_bucket.uri("compare-test", folder, "summary.md"))
+    capsys.readouterr()
+    assert compare_main(["--runs", s3_bucket.uri("compare-test", "nothing"), s3_bucket.uri("compare-test", "grpo")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: --runs:") and "compare-test/nothing" in error and "Traceback" not in error
 
 
 def _shard_records(folder: Path, rank: int) -> dict[int, list[list[tuple]]]:
