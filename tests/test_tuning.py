@@ -193,22 +193,223 @@ def _fake_experiment(root: Path) -> Path:
     return root
 
 
+def _markdown_table(markdown: str) -> dict[str, dict[str, str]]:
+    """The report's trial table: trial label -> {column header: cell}."""
+    lines = [line for line in markdown.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    rows = [dict(zip(header, (c.strip() for c in line.split("|")[1:-1]))) for line in lines[1:]]
+    return {row["trial"]: row for row in rows}
+
+
 def test_the_report_counts_each_step_once_and_names_the_best_configuration(tmp_path):
     from tuning.report import write_report
 
     experiment = _fake_experiment(tmp_path / "fake")
     files = write_report(experiment)
     markdown = files["markdown"].read_text()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in markdown.splitlines() if line.startswith("| ") and "trial" not in line}
-    # columns: trial, quantile, ratio, final val, best val, entropy, steps, status, error
-    assert rows["a"][3:5] == ["0.700", "0.700"]
-    assert rows["b (GRPO)"][3] == "0.450"
-    assert rows["c"][4] == "0.600"  # the stale 0.99 of the re-run step is not counted
-    assert rows["d"][7] == "failed" and "file does not exist" in rows["d"][8]
+    rows = _markdown_table(markdown)
+    assert (rows["a"]["final val acc"], rows["a"]["best val acc"]) == ("0.700", "0.700")
+    assert rows["b (GRPO)"]["final val acc"] == "0.450"
+    assert rows["c"]["best val acc"] == "0.600"  # the stale 0.99 of the re-run step is not counted
+    assert rows["d"]["status"] == "× failed" and "file does not exist" in rows["d"]["error"]
+    # Every trial ran to step 3 (no rung below it): they are compared there.
+    assert [rows[t]["rank"] for t in ("a", "c", "b (GRPO)", "d")] == ["1", "2", "3", "-"]
+    assert rows["a"]["val acc @ step 3"] == "0.700"
     best = yaml.safe_load(markdown.split("```yaml\n")[1].split("```")[0])
     assert best == {"guidance": {"entropy_quantile": 0.9}, "rollout": {"n_on_policy": 8, "n_mixed": 4}}
     for name in ("val_accuracy", "entropy", "importance", "accuracy_vs_parameters"):
         assert files[name].stat().st_size > 5000, name
+
+
+# A toy-like sweep after ASHA: 12 steps, rungs at steps 4 and 8 (grace period 4, reduction factor 2).
+TOY_ASHA = {"metric": "objective/running_accuracy", "mode": "max", "grace_period": 4, "reduction_factor": 2}
+QUANTILE, RATIO = "guidance.entropy_quantile", "rollout.guidance_ratio"
+
+
+def _asha_experiment(root: Path, trials: dict, eval_every: int = 4, total_steps: int = 12, ledger_steps: dict | None = None) -> Path:
+    """A sweep folder as tuning.sweep leaves it. `trials`: id -> (quantile, guidance ratio,
+    status, last step, {step: validation accuracy}); every step 1..last logs entropy and
+    objective/running_accuracy (0.01 * step here, so it never decides a ranking by accident).
+    `ledger_steps`: the ledger's step count where it differs from the last step logged."""
+    from mentor_ray.config import load_config, save_config
+
+    root.mkdir(parents=True)
+    (root / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": root.name, "storage": str(root.parent), "base_config": RECIPE,
+        "overrides": {"total_steps": total_steps, "eval.every_steps": eval_every},
+        "parameters": {QUANTILE: {"uniform": [0.8, 0.99]}, RATIO: {"choice": [0.0, 0.3333]}},
+        "search": {"num_trials": len(trials)}, "asha": TOY_ASHA,
+    }))
+    ledger = []
+    for trial_id, (quantile, ratio, status, last, vals) in trials.items():
+        run_dir = root / "runs" / f"trial-{trial_id}"
+        run_dir.mkdir(parents=True)
+        n_mixed = round(ratio * 12)
+        config = load_config(RECIPE, [f"{QUANTILE}={quantile}", f"rollout.n_on_policy={12 - n_mixed}", f"rollout.n_mixed={n_mixed}",
+                                      f"total_steps={total_steps}", f"eval.every_steps={eval_every}", "guidance.decay_steps=12"])
+        save_config(config, run_dir / "config.yaml")
+        records = [{"step": 0, "val/greedy_accuracy": 0.27}] if last else []
+        for step in range(1, last + 1):
+            record = {"step": step, "rollout/entropy_mean": 0.2, "objective/running_accuracy": 0.01 * step}
+            if step in vals:
+                record["val/greedy_accuracy"] = vals[step]
+            records.append(record)
+        if records:
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        ledger.append({"trial_id": trial_id, "params": {QUANTILE: quantile, RATIO: ratio}, "run_dir": str(run_dir), "status": status,
+                       "steps": (ledger_steps or {}).get(trial_id, last), "error": "RuntimeError: boom" if status == "failed" else None, "last": {}})
+    (root / "trials.json").write_text(json.dumps(ledger))
+    return root
+
+
+def test_the_report_ranks_trials_at_the_latest_rung_every_trial_reached_not_at_their_last_validation(tmp_path):
+    """The finished trial leads on last validation (0.80 at step 12) but trails at step 4, the
+    latest rung every trial reached; s4, stopped by ASHA at step 4, leads there and is named best.
+    A trial stopped for a NaN at step 2 and a failed one do not pull the step back."""
+    from tuning.report import accuracy_vs_parameters_figure, asha_rungs, compare_trials, curves_figure, load_rows, write_report
+
+    experiment = _asha_experiment(tmp_path / "toy", {
+        "fin": (0.90, 0.3333, "finished", 12, {4: 0.40, 8: 0.60, 12: 0.80}),
+        "s4": (0.95, 0.3333, "stopped by ASHA", 4, {4: 0.55}),
+        "s8": (0.85, 0.3333, "stopped by ASHA", 8, {4: 0.50, 8: 0.70}),
+        "grpo": (0.95, 0.0, "stopped by ASHA", 4, {4: 0.35}),
+        "nan": (0.81, 0.3333, "stopped (NaN)", 2, {}),
+        "dead": (0.82, 0.3333, "failed", 0, {}),
+    })
+    spec, rows = load_rows(experiment)
+    assert asha_rungs(experiment, spec, rows) == [4, 8]
+    comparison = compare_trials(rows, [4, 8])
+    assert comparison.step == 4 and comparison.quantity == "val/greedy_accuracy"
+    assert [r.trial_id for r in comparison.ranking] == ["s4", "s8", "fin", "grpo"]
+    assert comparison.values == {"s4": 0.55, "s8": 0.50, "fin": 0.40, "grpo": 0.35}
+    assert set(comparison.unranked) == {"nan", "dead"}
+
+    files = write_report(experiment)
+    markdown = files["markdown"].read_text()
+    assert "Trials are compared at step 4, the latest step every trial reached (an ASHA rung, where validation ran; ASHA's rungs are at steps 4, 8)." in markdown
+    assert "Best at step 4: trial s4, val acc 0.550. It was stopped by ASHA at step 4" in markdown
+    assert "Ranked by each trial's last validation instead, trial fin would lead (0.800 at step 12" in markdown
+    table = _markdown_table(markdown)
+    assert [table[t]["rank"] for t in ("s4", "s8", "fin", "grpo (GRPO)", "nan", "dead")] == ["1", "2", "3", "4", "-", "-"]
+    assert list(table)[:4] == ["s4", "s8", "fin", "grpo (GRPO)"]  # in ranking order
+    assert (table["s8"]["val acc @ step 4"], table["s8"]["final val acc"], table["fin"]["final val acc"]) == ("0.500", "0.700", "0.800")
+    assert table["s4"]["status"] == "○ stopped by ASHA" and table["fin"]["status"] == "● finished"
+    assert table["nan"]["status"] == "○ stopped (NaN)" and table["dead"]["status"] == "× failed"
+    best = yaml.safe_load(markdown.split("```yaml\n")[1].split("```")[0])
+    assert best == {"guidance": {"entropy_quantile": 0.95}, "rollout": {"n_on_policy": 8, "n_mixed": 4}}
+    assert "## Parameter importance (for val acc at step 4)" in markdown
+
+    # The accuracy-against-parameter plot: values at step 4; hollow for stopped, filled for finished.
+    figure = accuracy_vs_parameters_figure(spec, rows, comparison)
+    scatters = {c.get_gid(): c for c in figure.axes[0].collections}
+    assert set(scatters) == {"finished|mentor", "stopped by ASHA|mentor", "stopped by ASHA|grpo"}
+    assert sorted(scatters["stopped by ASHA|mentor"].get_offsets()[:, 1].tolist()) == [0.50, 0.55]
+    assert scatters["finished|mentor"].get_offsets()[:, 1].tolist() == [0.40]
+    assert len(scatters["stopped by ASHA|mentor"].get_facecolors()) == 0  # hollow
+    assert len(scatters["stopped by ASHA|grpo"].get_facecolors()) == 0
+    assert scatters["finished|mentor"].get_facecolors()[0][3] == 1.0  # filled
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert "stopped by ASHA (hollow)" in legend and "finished (filled)" in legend
+
+    # The curves: each line ends in its status's marker, and the comparison step is drawn.
+    curves = curves_figure(rows, "val/greedy_accuracy", "t", "accuracy", comparison)
+    ends = {line.get_gid(): line for line in curves.axes[0].lines if (line.get_gid() or "").startswith("end:")}
+    assert set(ends) == {"end:fin", "end:s4", "end:s8", "end:grpo", "end:nan"}
+    assert all(ends[f"end:{t}"].get_markerfacecolor() == "none" for t in ("s4", "s8", "grpo", "nan"))
+    assert ends["end:fin"].get_markerfacecolor() != "none"
+    assert list(ends["end:s8"].get_xdata()) == [8] and list(ends["end:nan"].get_xdata()) == [0]
+    (step_line,) = [line for line in curves.axes[0].lines if line.get_gid() == "comparison-step"]
+    assert list(step_line.get_xdata()) == [4, 4]
+
+
+def test_when_the_only_finished_trial_is_best_at_the_common_step_the_report_says_so(tmp_path):
+    """s4 (stopped at step 4, 0.62) would lead on last validation over the finished trial (0.58 at
+    step 12); at step 4 the finished trial leads (0.65) and is named best."""
+    from tuning.report import write_report
+
+    experiment = _asha_experiment(tmp_path / "toy", {
+        "fin": (0.90, 0.3333, "finished", 12, {4: 0.65, 8: 0.55, 12: 0.58}),
+        "s4": (0.95, 0.3333, "stopped by ASHA", 4, {4: 0.62}),
+        "s8": (0.85, 0.0, "stopped by ASHA", 8, {4: 0.50, 8: 0.60}),
+    })
+    markdown = write_report(experiment)["markdown"].read_text()
+    table = _markdown_table(markdown)
+    assert [table[t]["rank"] for t in ("fin", "s4", "s8 (GRPO)")] == ["1", "2", "3"]
+    assert "Best at step 4: trial fin, val acc 0.650." in markdown
+    assert "It is also the only trial that finished (ran to step 12)" in markdown
+    assert "trial s4 would lead (0.620 at step 4" in markdown
+    best = yaml.safe_load(markdown.split("```yaml\n")[1].split("```")[0])
+    assert best == {"guidance": {"entropy_quantile": 0.9}, "rollout": {"n_on_policy": 8, "n_mixed": 4}}
+
+
+def test_the_report_shows_a_step_logged_after_asha_stopped_a_trial_and_keeps_the_rung(tmp_path):
+    """ASHA stopped s4 and s4b at step 4 (the ledger's count), but their runs logged step 5
+    before the stop reached them (seen in a real sweep): they are still compared at rung 4."""
+    from tuning.report import asha_rungs, compare_trials, load_rows, write_report
+
+    experiment = _asha_experiment(tmp_path / "toy", {
+        "fin": (0.90, 0.3333, "finished", 12, {4: 0.40, 8: 0.60, 12: 0.80}),
+        "s4": (0.95, 0.3333, "stopped by ASHA", 5, {4: 0.55}),
+        "s4b": (0.85, 0.3333, "stopped by ASHA", 5, {4: 0.45}),
+    }, ledger_steps={"s4": 4, "s4b": 4})
+    spec, rows = load_rows(experiment)
+    comparison = compare_trials(rows, asha_rungs(experiment, spec, rows))
+    assert comparison.step == 4 and [r.trial_id for r in comparison.ranking] == ["s4", "s4b", "fin"]
+    markdown = write_report(experiment)["markdown"].read_text()
+    assert _markdown_table(markdown)["s4"]["steps"] == "4 (logged to 5)" and _markdown_table(markdown)["fin"]["steps"] == "12"
+    assert "It was stopped by ASHA at step 4 (its run logged up to step 5 before it ended)" in markdown
+
+
+@pytest.mark.parametrize("eval_every", [3, 5])
+def test_without_validation_at_the_rung_the_report_uses_what_the_run_reported_there(tmp_path, eval_every):
+    """Rungs at steps 4 and 8. Validation every 3 steps: step 4 is compared with the validation of
+    step 3 (objective/val_accuracy at step 4). Every 5 steps: no validation by step 4, so
+    objective/running_accuracy at step 4 (ASHA's metric) is compared, and the page says so."""
+    from tuning.report import asha_rungs, compare_trials, load_rows, write_report
+
+    vals = {s: 0.3 + 0.01 * s for s in range(eval_every, 13, eval_every)}
+    experiment = _asha_experiment(tmp_path / "toy", {
+        "fin": (0.90, 0.3333, "finished", 12, {s: 0.9 - v for s, v in vals.items()}),  # falling validation
+        "s4": (0.95, 0.3333, "stopped by ASHA", 4, {s: v for s, v in vals.items() if s <= 4}),
+        "s8": (0.85, 0.3333, "stopped by ASHA", 8, {s: 0.5 for s in vals if s <= 8}),
+    }, eval_every=eval_every)
+    # Running accuracy at step 4 (the rung ASHA judged): fin 0.30, s4 0.20, s8 0.10.
+    for trial_id, running in {"fin": 0.30, "s4": 0.20, "s8": 0.10}.items():
+        path = experiment / "runs" / f"trial-{trial_id}" / "metrics.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        records[4]["objective/running_accuracy"] = running
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    spec, rows = load_rows(experiment)
+    comparison = compare_trials(rows, asha_rungs(experiment, spec, rows))
+    assert comparison.step == 4
+    markdown = write_report(experiment)["markdown"].read_text()
+    assert "Trials are compared at step 4, the latest step every trial reached (an ASHA rung; ASHA's rungs are at steps 4, 8)." in markdown
+    if eval_every == 3:
+        assert comparison.quantity == "val/greedy_accuracy"
+        assert comparison.measured_at == {"fin": 3, "s4": 3, "s8": 3}
+        assert [r.trial_id for r in comparison.ranking] == ["fin", "s8", "s4"]  # 0.57, 0.50, 0.33
+        assert "at or before step 4 (measured at step 3)" in markdown
+        assert _markdown_table(markdown)["s4"]["val acc @ step 4"] == "0.330 (step 3)"
+    else:
+        assert comparison.quantity == "objective/running_accuracy"
+        assert [r.trial_id for r in comparison.ranking] == ["fin", "s4", "s8"]
+        assert "the number compared is objective/running_accuracy at step 4" in markdown
+        assert "Best at step 4: trial fin, running acc 0.300." in markdown
+
+
+def test_the_report_takes_the_rungs_from_asha_rungs_json_else_from_the_sweeps_asha_settings(tmp_path):
+    from tuning.report import asha_rungs, load_rows
+
+    experiment = _asha_experiment(tmp_path / "toy", {"fin": (0.9, 0.3333, "finished", 12, {4: 0.5})})
+    spec, rows = load_rows(experiment)
+    assert asha_rungs(experiment, spec, rows) == [4, 8]  # grace period 4, reduction factor 2, 12 steps
+    (experiment / "asha_rungs.json").write_text(json.dumps({"rungs": [[[16.0, {}], [6.0, {"fin": 0.1}], [2.5, {}]]], "num_stopped": 0}))
+    # What the sweep's scheduler saved: 2.5 is met at step 3; 16, past the 12 steps, never.
+    assert asha_rungs(experiment, spec, rows) == [3, 6]
+    spec.asha = None
+    (experiment / "asha_rungs.json").unlink()
+    assert asha_rungs(experiment, spec, rows) == []
 
 
 def _chromium() -> str | None:
