@@ -1,0 +1,204 @@
+"""The cluster path on one machine: `ray job submit` to a local cluster of a head and two worker
+nodes (pipelines.local_cluster; each node its own raylet and object store), engines and learners
+placed on different nodes by label, the run folder in an S3 bucket served on loopback (moto).
+
+The job is the short run of tests/short_runs.py; its one-node twin (`short_run`) is the reference
+its numbers must equal."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from mentor_ray import storage
+from pipelines.local_cluster import LABEL_KEY, LocalCluster
+from short_runs import SHORT
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+PLACED = [
+    f"placement.engines={{{LABEL_KEY}: engines}}",
+    f"placement.learners={{{LABEL_KEY}: learners}}",
+    f"placement.graders={{{LABEL_KEY}: head}}",
+]
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_bucket, toy_world):
+    # Short folder: Unix socket paths under it must stay below 107 bytes.
+    folder = tempfile.mkdtemp(prefix="mrlc-", dir="/tmp")
+    with LocalCluster.up(folder, env=s3_bucket.env) as local_cluster:
+        yield local_cluster
+
+
+def submit_job(cluster: LocalCluster, entrypoint: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir .` to the cluster's head, as a user would; waits for the job."""
+    env = {**os.environ, **cluster.client_env(), "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    command = [str(BIN / "ray"), "job", "submit", f"--address={cluster.dashboard_url}", "--working-dir", ".", "--", *entrypoint]
+    for _ in range(6):
+        result = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+        # A loaded head may not have its job agent up yet; Ray says to try again later.
+        if "No available agent to submit job" not in result.stdout + result.stderr:
+            return result
+        time.sleep(5)
+    return result
+
+
+def _node_type(entry: dict) -> str:
+    return entry["labels"].get(LABEL_KEY, "?")
+
+
+def test_a_job_across_nodes_equals_the_one_node_run(cluster, s3_bucket, short_run, monkeypatch):
+    for key, value in s3_bucket.env.items():
+        monkeypatch.setenv(key, value)
+    run_dir = s3_bucket.uri("cluster-runs", "job")
+    result = submit_job(cluster, [
+        "python", "-m", "pipelines.train", *SHORT, "total_steps=2", *PLACED,
+        f"logging.run_root={s3_bucket.uri('cluster-runs')}", "logging.run_name=job",
+    ])
+    logs = result.stdout + result.stderr
+    # `ray job submit` exits non-zero unless the job SUCCEEDED.
+    assert result.returncode == 0, logs[-6000:]
+    # One console line per step: the driver alone prints them.
+    assert logs.count("step 1/2 |") == 1 and logs.count("step 2/2 |") == 1, logs[-4000:]
+
+    # Every artifact in the bucket...
+    stored = storage.list_files(run_dir, recursive=True)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "run.log", "placement.json", "plots/val_accuracy.png",
+                 "final_model/config.json", "final_model/model.safetensors"):
+        assert name in stored, (name, stored)
+    assert any(name.startswith("ray_train/checkpoint_") and name.endswith("loop_state.json") for name in stored), stored
+    assert json.loads(storage.read_text(storage.join(run_dir, "summary.json")))["steps"] == 2
+    # ... and none in a local folder: not in the repository, not in any node's copy of it.
+    for root in (REPO, Path(cluster.temp_root)):
+        assert not [p for p in root.rglob("metrics.jsonl") if "cluster-runs" in str(p) or p.parent.name == "job"], root
+
+    # Placement: engines on the engines node, learners on the learners node, driver and grader
+    # on the head; no process on a worker node read a folder of the driver's.
+    placement = json.loads(storage.read_text(storage.join(run_dir, "placement.json")))
+    assert _node_type(placement["driver"]) == "head"
+    engines = [e for e in placement["rollout"] if e["role"].endswith("engine")]
+    graders = [e for e in placement["rollout"] if e["role"] == "grader"]
+    assert sorted(e["role"] for e in engines) == ["mixed engine", "policy engine"]
+    assert {_node_type(e) for e in engines} == {"engines"} and {_node_type(e) for e in graders} == {"head"}
+    assert {_node_type(e) for e in placement["learners"]} == {"learners"}
+    driver_folder = placement["driver"]["cwd"]
+    for entry in engines + placement["learners"]:
+        assert entry["model_dirs"], entry
+        for folder in entry["model_dirs"].values():
+            assert not folder.startswith(driver_folder), (entry["role"], folder, driver_folder)
+
+    # The same numbers as the one-node, one-learner run of the same seed (float noise).
+    history = {r["step"]: r for r in _read_jsonl(storage.join(run_dir, "metrics.jsonl"))}
+    alone = {r["step"]: r for r in _read_jsonl(Path(short_run.run_dir) / "metrics.jsonl")}
+    assert sorted(history) == [0, 1, 2]
+    for step in (1, 2):
+        for key in ("rollout/on_policy_reward", "rollout/mixed_reward", "rollout/response_length", "train/tokens"):
+            assert history[step][key] == pytest.approx(alone[step][key], abs=1e-6), (step, key)
+        for key in ("train/loss", "train/grad_norm", "rollout/entropy_mean", "guidance/entropy_threshold"):
+            assert history[step][key] == pytest.approx(alone[step][key], rel=1e-4, abs=1e-6), (step, key)
+        # Every engine reports the weights version it serves after the step's sync.
+        assert history[step]["sync/engine_weights_version_min"] == history[step]["sync/engine_weights_version_max"] == step
+        assert history[step]["transfer/weights_bytes"] > 0 and history[step]["transfer/rollout_bytes"] > 0
+    assert history[2]["val/greedy_accuracy"] == alone[2]["val/greedy_accuracy"]
+
+
+def _read_jsonl(location) -> list[dict]:
+    return [json.loads(line) for line in storage.read_text(location).splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_a_run_survives_losing_the_engine_node_then_the_learner_node(cluster, s3_bucket, monkeypatch, capsys):
+    """kill -9 the raylet of the engines' node during the run, then start a replacement: engines
+    restart there (weights from the store) and the run goes on. Then the same for the learners'
+    node: Ray Train restores the workers from the last checkpoint (in the bucket). Each step is in
+    metrics.jsonl once, and the final model serves in vLLM. Prints the recovery times."""
+    import threading
+
+    from mentor_ray.config import load_config
+    from pipelines.train import DEFAULT_RECIPE, run_training
+
+    for key, value in s3_bucket.env.items():
+        monkeypatch.setenv(key, value)
+    run_dir = s3_bucket.uri("lost-node", "run")
+    metrics_file = storage.join(run_dir, "metrics.jsonl")
+    config = load_config(DEFAULT_RECIPE, [
+        "total_steps=8", "eval.every_steps=4", "eval.max_problems=32", "checkpoint.every_steps=2", "checkpoint.keep_last=4",
+        *PLACED, f"logging.run_root={s3_bucket.uri('lost-node')}", "logging.run_name=run",
+    ])
+    events: dict[str, float] = {}
+
+    def logged_steps() -> list[int]:
+        try:
+            return [r["step"] for r in _read_jsonl(metrics_file)]
+        except storage.StorageError:
+            return []
+
+    def checkpoints() -> int:
+        try:
+            return sum(name.endswith("loop_state.json") for name in storage.list_files(storage.join(run_dir, "ray_train"), recursive=True))
+        except storage.StorageError:
+            return 0
+
+    def lose_nodes() -> None:
+        try:
+            for node, after_step, wanted_checkpoints in (("engines", 2, 1), ("learners", 5, 2)):
+                deadline = time.time() + 900
+                while not (max(logged_steps(), default=-1) >= after_step and checkpoints() >= wanted_checkpoints):
+                    if time.time() > deadline:
+                        events["error"] = f"step {after_step} never came"
+                        return
+                    time.sleep(0.2)
+                events[f"{node}_killed"] = time.time()
+                events[f"{node}_last_step_before"] = float(max(logged_steps()))
+                cluster.kill_node(node)
+                events[f"{node}_seen_dead"] = time.time()
+                cluster.add_node(node)
+                events[f"{node}_replaced"] = time.time()
+                while max(logged_steps(), default=-1) <= events[f"{node}_last_step_before"]:
+                    time.sleep(0.2)
+                events[f"{node}_next_step_logged"] = time.time()
+        except Exception as error:  # noqa: BLE001 - reported through the asserts below
+            events["error"] = repr(error)
+
+    cluster.connect()
+    try:
+        killer = threading.Thread(target=lose_nodes, daemon=True)
+        started = time.time()
+        killer.start()
+        summary = run_training(config)
+        killer.join(timeout=60)
+        events["finished"] = time.time()
+    finally:
+        cluster.disconnect()
+    assert "error" not in events, events
+    assert summary.steps == 8 and summary.stopped is None
+    lines = [r["step"] for r in _read_jsonl(metrics_file)]
+    assert lines == list(range(0, 9)), lines  # each step once, none lost
+    timings = {
+        "run_seconds": events["finished"] - started,
+        **{f"{node}_{what}": events[f"{node}_{end}"] - events[f"{node}_killed"]
+           for node in ("engines", "learners") for what, end in (("dead_after", "seen_dead"), ("replaced_after", "replaced"),
+                                                                 ("next_step_after", "next_step_logged"))},
+    }
+    with capsys.disabled():
+        print("\nlost-node recovery (s):", json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    storage.write_text(storage.join(run_dir, "recovery.json"), json.dumps(timings))
+
+    from mentor_ray.rollout.engines import EngineSettings, PolicyEngine
+    from mentor_ray.rollout.requests import SamplingSpec
+
+    with storage.local_copy(storage.join(run_dir, "final_model")) as folder:
+        engine = PolicyEngine(str(folder), EngineSettings(max_model_len=256, seed=0))
+        try:
+            (result,) = engine.generate([[1, 2, 3]], SamplingSpec(n=1, max_new_tokens=8, temperature=0.0))
+        finally:
+            engine.close()
+    assert len(result.response_token_ids) >= 1
