@@ -41,7 +41,7 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def s3_server(bucket: str = "mentor-ray-test", start_timeout_s: float = 30.0) -> Iterator[S3Server]:
+def s3_server(bucket: str = "mentor-ray-test", start_timeout_s: float = 120.0) -> Iterator[S3Server]:
     """Start moto on 127.0.0.1 on a free port, create ``bucket``, yield the server, stop it."""
     # Kept open for the server's lifetime (its stdout), so not a `with` block.
     log = tempfile.NamedTemporaryFile(prefix="moto-server-", suffix=".log", delete=False)  # noqa: SIM115
