@@ -202,3 +202,100 @@ def test_a_run_survives_losing_the_engine_node_then_the_learner_node(cluster, s3
         finally:
             engine.close()
     assert len(result.response_token_ids) >= 1
+
+
+@pytest.mark.slow
+def test_a_sweep_job_across_nodes_keeps_everything_in_the_bucket(cluster, s3_bucket, monkeypatch, capsys):
+    """`python -m tuning.sweep` submitted with `ray job submit --working-dir .`, its storage in
+    the bucket (tuning/sweeps/toy_cluster.yaml: 4 trials of 6 steps, ASHA from step 2): every
+    trial's engines land on the engines node and its learner on the learners node; Tune's state,
+    the trials' run folders and the sweep's own files are in the bucket and nowhere local; the
+    report is written from the bucket into it."""
+    for key, value in s3_bucket.env.items():
+        monkeypatch.setenv(key, value)
+    root = s3_bucket.uri("cluster-sweeps")
+    experiment = storage.join(root, "toy-cluster-sweep")
+    started = time.time()
+    result = submit_job(cluster, ["python", "-m", "tuning.sweep", "--config", "tuning/sweeps/toy_cluster.yaml", "--storage", root],
+                        timeout=3600)
+    seconds = time.time() - started
+    logs = result.stdout + result.stderr
+    assert result.returncode == 0, logs[-6000:]
+    assert f"starting in {experiment} |" in logs and "sweep done: 4 trials" in logs, logs[-4000:]
+
+    top = storage.list_files(experiment)
+    assert {"sweep.yaml", "trials.json", "asha_rungs.json", "sweep_summary.json", "run.log"} <= set(top), top
+    assert any(name.startswith("experiment_state") for name in storage.list_files(storage.join(experiment, "tune"))), "Tune's state"
+    ledger = json.loads(storage.read_text(storage.join(experiment, "trials.json")))
+    assert len(ledger) == 4 and {row["status"] for row in ledger} <= {"finished", "stopped by ASHA"}, ledger
+    assert json.loads(storage.read_text(storage.join(experiment, "sweep_summary.json")))["leftovers"] == {"placement_groups": [], "actors": []}
+    for row in ledger:
+        run_dir = row["run_dir"]
+        assert run_dir == storage.join(experiment, "runs", f"trial-{row['trial_id']}")
+        assert {"config.yaml", "metrics.jsonl", "placement.json", "run.log"} <= set(storage.list_files(run_dir)), run_dir
+        placement = json.loads(storage.read_text(storage.join(run_dir, "placement.json")))
+        engines = [e for e in placement["rollout"] if e["role"].endswith("engine")]
+        assert engines and {_node_type(e) for e in engines} == {"engines"}, (row["trial_id"], engines)
+        assert placement["learners"] and {_node_type(e) for e in placement["learners"]} == {"learners"}, row["trial_id"]
+        assert {_node_type(e) for e in placement["rollout"] if e["role"] == "grader"} == {"head"}
+
+    report = subprocess.run([sys.executable, "-m", "tuning.report", experiment], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, check=False)
+    assert report.returncode == 0, report.stderr
+    assert {"report.html", "report.md", "val_accuracy.png"} <= set(storage.list_files(storage.join(experiment, "report")))
+    # Nothing in a local folder: not in the repository, not in any node's copy of it.
+    assert not (REPO / "sweeps" / "toy-cluster-sweep").exists()
+    for folder in (REPO, Path(cluster.temp_root)):
+        assert not [p for p in folder.rglob("trials.json") if "toy-cluster-sweep" in str(p)], folder
+    with capsys.disabled():
+        print(f"\nsweep job across nodes: {seconds / 60:.1f} min; statuses {sorted(row['status'] for row in ledger)}")
+
+
+@pytest.mark.slow
+def test_the_full_form_across_nodes_two_of_each_role(cluster, s3_bucket, short_run, monkeypatch):
+    """The toy cluster recipe's shape (2 policy engines, 2 mixed engines, 2 learners) through
+    `ray job submit`: same numbers as the one-node, one-engine-each, one-learner run (sampling
+    seeds are per prompt, so the engine count does not change a sample)."""
+    for key, value in s3_bucket.env.items():
+        monkeypatch.setenv(key, value)
+    run_dir = s3_bucket.uri("cluster-runs", "full")
+    result = submit_job(cluster, [
+        "python", "-m", "pipelines.train", *SHORT, "total_steps=2", *PLACED, "scaling.num_policy_engines=2",
+        "scaling.num_mixed_engines=2", "scaling.num_learner_workers=2",
+        f"logging.run_root={s3_bucket.uri('cluster-runs')}", "logging.run_name=full",
+    ])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    placement = json.loads(storage.read_text(storage.join(run_dir, "placement.json")))
+    engines = [e for e in placement["rollout"] if e["role"].endswith("engine")]
+    assert sorted(e["role"] for e in engines) == ["mixed engine"] * 2 + ["policy engine"] * 2
+    assert {_node_type(e) for e in engines} == {"engines"}
+    assert [_node_type(e) for e in placement["learners"]] == ["learners", "learners"]
+    history = {r["step"]: r for r in _read_jsonl(storage.join(run_dir, "metrics.jsonl"))}
+    alone = {r["step"]: r for r in _read_jsonl(Path(short_run.run_dir) / "metrics.jsonl")}
+    for step in (1, 2):
+        for key in ("rollout/on_policy_reward", "rollout/mixed_reward", "rollout/response_length", "train/tokens"):
+            assert history[step][key] == pytest.approx(alone[step][key], abs=1e-6), (step, key)
+        for key in ("train/loss", "train/grad_norm", "rollout/entropy_mean", "guidance/entropy_threshold"):
+            assert history[step][key] == pytest.approx(alone[step][key], rel=1e-4, abs=1e-6), (step, key)
+        assert history[step]["sync/engine_weights_version_min"] == history[step]["sync/engine_weights_version_max"] == step
+
+
+def test_placement_is_checked_against_the_alive_nodes_before_anything_starts():
+    from mentor_ray.config import ConfigError, load_config
+    from pipelines.resources import check_placement, label_matches, placement_options
+
+    assert label_matches({"t": "a"}, {"t": "a"}) and not label_matches({"t": "a"}, {"t": "b"})
+    assert label_matches({"t": "!a"}, {"t": "b"}) and label_matches({"t": "!a"}, {})
+    assert label_matches({"t": "in(a,b)"}, {"t": "b"}) and not label_matches({"t": "!in(a,b)"}, {"t": "b"})
+    assert placement_options({}) == {} and placement_options({"t": "a"}) == {"label_selector": {"t": "a"}}
+
+    def node(kind, cpus, alive=True):
+        return {"Alive": alive, "Labels": {LABEL_KEY: kind, "ray.io/node-id": kind}, "Resources": {"CPU": cpus}}
+
+    config = load_config(None, PLACED + ["scaling.num_policy_engines=2", "scaling.num_mixed_engines=2", "scaling.num_learner_workers=2"])
+    check_placement(config, [node("head", 4), node("engines", 4), node("learners", 2)])
+    with pytest.raises(ConfigError, match=r"placement.engines=.*no alive node has these labels.*mentor-ray/node-type=learners"):
+        check_placement(config, [node("head", 4), node("engines", 8, alive=False), node("learners", 2)])
+    with pytest.raises(ConfigError, match=r"placement.learners=.*need 2 CPUs .* have 1 CPUs"):
+        check_placement(config, [node("head", 4), node("engines", 4), node("learners", 1)])
+    check_placement(load_config(None, []), [node("head", 1)])  # no placement: nothing to check
