@@ -89,6 +89,8 @@ SESSION_SUFFIX_LEN = len("/session_2026-12-04_04-43-59_771384_1234567/sockets/pl
 HEAD_ENV_DEFAULTS = {
     "RAY_health_check_period_ms": "1000",
     "RAY_health_check_failure_threshold": "5",
+    # `ray start --head` gives the dashboard 60 s to come up, which a loaded machine can miss.
+    "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "180",
 }
 NODE_ENV_DEFAULTS = {"RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -400,9 +402,10 @@ def node_processes(node: NodeRecord, table: dict[int, Proc] | None = None) -> se
          the session is still this node's: its leader pid is not a different, newer process,
          and some member holds a file open in the node's own temp dir or is a recorded process;
       2. a recorded process (same pid and start time);
-      3. a process whose stdout or stderr is a file in the node's temp dir (Ray redirects what it
-         starts there: a job's driver, which Ray starts in a session of its own);
-      4. a descendant of any of these (a child that started its own session).
+      3. a process whose stdout or stderr is a file in the node's temp dir: Ray sends the output
+         of what it starts there and children inherit it, so this finds a child that started a
+         session of its own (a job's driver does) and then outlived its parent;
+      4. a descendant of any of these (a child that started a session of its own).
     A driver that merely connects to the cluster (it opens a log file there, but its stdout is
     its own) is none of these, nor is this process or its ancestors.
     """
@@ -629,6 +632,10 @@ class LocalCluster:
                     if node_type != HEAD
                 ]
                 cluster._launch(workers, max(10.0, timeout_s - (time.monotonic() - began)))
+        except LocalClusterError as error:
+            with contextlib.suppress(Exception):
+                cluster.down(keep_logs=True)
+            raise LocalClusterError(f"{error}\n(Ray's logs of this start are kept under {cluster.temp_root})") from None
         except BaseException:
             with contextlib.suppress(Exception):
                 cluster.down()

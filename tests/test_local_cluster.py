@@ -126,6 +126,10 @@ class Probe:
     def where(self):
         return ray.get_runtime_context().get_node_id(), os.getpid(), os.environ.get(ENV_MARK[0])
 
+    def escape(self):
+        """A child in a session of its own, as an engine or grader subprocess may start."""
+        return subprocess.Popen(["sleep", "600"], start_new_session=True).pid
+
     def put(self, size: int):
         import numpy as np
 
@@ -240,10 +244,12 @@ def test_down_kills_every_cluster_process_and_nothing_else(cluster, unrelated):
         for node_type in ("head", "engines", "learners")
     ]
     worker_pids = {pid for _, pid, _ in ray.get([actor.where.remote() for actor in actors], timeout=120)}
+    escaped = ray.get(actors[1].escape.remote(), timeout=120)
     assert unrelated.stdout.readline().startswith("ready")
     cluster.disconnect()
     table = process_table()
-    assert all(_alive(table, pid) for pid in worker_pids)
+    assert all(_alive(table, pid) for pid in worker_pids | {escaped})
+    assert table[escaped].sid not in {node.sid for node in cluster.nodes.values()}
     others = _descendants(unrelated.pid, table)
     assert {"gcs_server", "raylet"} <= {table[pid].name for pid in others}, "the unrelated Ray instance is not up"
 
@@ -251,7 +257,7 @@ def test_down_kills_every_cluster_process_and_nothing_else(cluster, unrelated):
     holding = _holding_files_under(temp_dirs, table)  # every Ray process of the cluster, by its files
     raylets = {node.pid_of("raylet") for node in cluster.nodes.values() if node.state == "alive"}
     ours = set().union(*(node_processes(node, table) for node in cluster.nodes.values()))
-    assert len(raylets) == 3 and raylets | worker_pids <= holding
+    assert len(raylets) == 3 and raylets | worker_pids | {escaped} <= holding
     assert ours >= holding and not ours & others and os.getpid() not in ours
     blocks = [node.port_block for node in cluster.nodes.values()]
 
