@@ -553,3 +553,235 @@ def test_several_objectives_make_a_multi_objective_optuna_search(tmp_path):
     assert searcher.metric == ["objective/val_accuracy", "rollout/entropy_mean"] and searcher.mode == ["max", "max"]
     single = _searcher(check_sweep(_sweep(tmp_path)))
     assert single.metric == "objective/val_accuracy" and single.mode == "max"
+
+
+# --- a sweep on shared storage (a URI: an S3 bucket served by moto) ----------------------------
+
+
+def _use_bucket(monkeypatch, s3_bucket) -> None:
+    for key, value in s3_bucket.env.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.mark.parametrize(
+    ("location", "message"),
+    [
+        ("nosuch://bucket/sweeps", r"pyarrow does not know the scheme 'nosuch'"),
+        ("s3://no-such-bucket/sweeps", r"the bucket does not exist"),
+    ],
+)
+def test_a_storage_the_sweep_cannot_write_to_is_refused_in_one_line_before_any_trial(tmp_path, s3_bucket, monkeypatch, capsys, location, message):
+    import ray
+
+    from tuning.sweep import main, run_sweep
+
+    _use_bucket(monkeypatch, s3_bucket)
+    with pytest.raises(ConfigError, match=rf"^test sweep: storage='{location}': cannot .*{message}") as refused:
+        run_sweep(_sweep(tmp_path, storage=location))
+    assert "\n" not in str(refused.value)
+    assert not ray.is_initialized()
+    # The command line's --storage replaces the file's, and is refused the same way.
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "t", "base_config": RECIPE, "overrides": {"total_steps": 3, "eval.every_steps": 2},
+        "parameters": {"guidance.entropy_quantile": {"uniform": [0.8, 0.99]}}, "asha": {"grace_period": 2},
+    }))
+    assert main(["--config", str(sweep_file), "--storage", location]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"error: sweep file {sweep_file}: storage='{location}': "), error
+    assert not ray.is_initialized()
+    assert not list(tmp_path.glob("*/t")), "nothing local"
+
+
+def test_a_storage_uri_is_kept_and_a_local_storage_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _sweep(tmp_path, storage="s3://bucket/team/sweeps?region=eu-west-1").experiment == "s3://bucket/team/sweeps/t?region=eu-west-1"
+    assert _sweep(tmp_path, storage="relative/sweeps").experiment == str(tmp_path / "relative" / "sweeps" / "t")
+    assert load_sweep(DEFAULT_SWEEP, storage="gs://b/p").storage == "gs://b/p"
+
+
+def test_the_ledger_and_ashas_rungs_are_kept_in_a_bucket(tmp_path, s3_bucket, monkeypatch):
+    """What the sweep's driver keeps while trials run, with the experiment folder at a URI: the
+    ledger (any copy of it sees the same trials) and ASHA's rungs (a restored scheduler reads
+    them back from the bucket)."""
+    import pickle
+    from types import SimpleNamespace
+
+    from mentor_ray import storage
+    from tuning.sweep import SweepLedger, _scheduler
+
+    _use_bucket(monkeypatch, s3_bucket)
+    experiment = s3_bucket.uri("ledger", "t")
+    ledger = SweepLedger(experiment, total_steps=3)
+    fin = SimpleNamespace(trial_id="fin", config={"rollout.guidance_ratio": 0.3333}, last_result={"step": 3, "objective/val_accuracy": 0.5})
+    cut = SimpleNamespace(trial_id="cut", config={"rollout.guidance_ratio": 0.0}, last_result={"step": 2, "objective/val_accuracy": 0.25})
+    for trial in (fin, cut):
+        assert ledger.start(trial).run_dir == storage.join(experiment, "runs", f"trial-{trial.trial_id}")
+    # The run that ran to the end wrote its summary into its run folder in the bucket.
+    storage.write_text(storage.join(experiment, "runs", "trial-fin", "summary.json"), json.dumps({"steps": 3, "stopped": None}))
+    assert ledger.finish(fin, failed=False).status == "finished"
+    assert ledger.finish(cut, failed=False).status == "stopped by ASHA"
+    again = SweepLedger(experiment, total_steps=3)  # another copy of the callback
+    assert {tid: (r.status, r.steps, r.last["objective/val_accuracy"]) for tid, r in again.records.items()} == {
+        "fin": ("finished", 3, 0.5), "cut": ("stopped by ASHA", 2, 0.25)}
+    assert [row["trial_id"] for row in json.loads(storage.read_text(storage.join(experiment, "trials.json")))] == ["cut", "fin"]
+
+    scheduler = _scheduler(_sweep(tmp_path, overrides={"total_steps": 12, "eval.every_steps": 4}), 12, experiment)
+    bracket = scheduler._brackets[0]
+    bracket._rungs = [(milestone, {"fin": 0.5} if i == len(bracket._rungs) - 1 else {}) for i, (milestone, _) in enumerate(bracket._rungs)]
+    scheduler._persist()
+    state_file = storage.join(experiment, "asha_rungs.json")
+    saved = json.loads(storage.read_text(state_file))
+    assert saved["rungs"][0][-1] == [bracket._rungs[-1][0], {"fin": 0.5}]
+    pickled = pickle.dumps(scheduler)
+    saved["rungs"][0][-1][1] = {"fin": 0.5, "cut": 0.25}  # what the rungs hold by the time of a restore
+    storage.write_text(state_file, json.dumps(saved))
+    restored = pickle.loads(pickled)
+    assert restored._brackets[0]._rungs[-1][1] == {"fin": 0.5, "cut": 0.25}
+
+
+def test_the_report_reads_a_sweep_in_a_bucket_without_its_checkpoints_and_writes_the_same_page_there(tmp_path, s3_bucket, monkeypatch, capsys):
+    """A sweep folder as a sweep with `storage: s3://...` leaves it (the ledger names run folders
+    in the bucket; the base config was in a cluster job's working folder, not here): the report
+    of the URI is the page of the same folder read locally, written to <experiment>/report/ in
+    the bucket, or to --out; no checkpoint or model is read."""
+    from mentor_ray import storage
+    from tuning.report import main, write_report
+
+    _use_bucket(monkeypatch, s3_bucket)
+    local = _asha_experiment(tmp_path / "toy", {
+        "fin": (0.90, 0.3333, "finished", 12, {4: 0.40, 8: 0.60, 12: 0.80}),
+        "s4": (0.95, 0.3333, "stopped by ASHA", 4, {4: 0.55}),
+        "grpo": (0.95, 0.0, "stopped by ASHA", 4, {4: 0.35}),
+        "bad": (0.81, 0.3333, "failed", 0, {}),
+    })
+    (local / "asha_rungs.json").write_text(json.dumps({"rungs": [[[13.0, {}], [8.0, {"fin": 0.08}], [4.0, {"fin": 0.04, "s4": 0.03}]]], "num_stopped": 2}))
+    for name in ("ray_train/checkpoint_000003/model.bin", "final_model/model.safetensors"):
+        (local / "runs" / "trial-fin" / name).parent.mkdir(parents=True)
+        (local / "runs" / "trial-fin" / name).write_bytes(b"weights")
+    shutil.rmtree(local / "runs" / "trial-bad")  # failed before its run made its folder
+    expected = write_report(local, tmp_path / "local-report")
+
+    uri = s3_bucket.uri("report-roundtrip", "toy")
+    storage.upload_dir(local, uri)
+    ledger = json.loads((local / "trials.json").read_text())
+    for row in ledger:
+        row["run_dir"] = storage.join(uri, "runs", f"trial-{row['trial_id']}")
+    storage.write_text(storage.join(uri, "trials.json"), json.dumps(ledger))
+    spec = yaml.safe_load((local / "sweep.yaml").read_text())
+    spec.update(storage="s3://elsewhere/sweeps", base_config="/tmp/ray/session_x/runtime_resources/working_dir_files/_ray_pkg_0/pipelines/recipes/toy_mentor.yaml")
+    storage.write_text(storage.join(uri, "sweep.yaml"), yaml.safe_dump(spec))
+
+    reads: list[str] = []
+    read_bytes = storage.read_bytes
+    monkeypatch.setattr(storage, "read_bytes", lambda location: reads.append(str(location)) or read_bytes(location))
+    monkeypatch.setattr(storage, "download_dir", lambda *a, **k: pytest.fail(f"downloaded a whole folder {a}"))
+    assert main([uri]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {uri}/report/report.html and {uri}/report/report.md"
+    assert reads and not [r for r in reads if "ray_train" in r or "final_model" in r], reads
+    assert storage.list_files(storage.join(uri, "report")) == sorted(path.name for path in expected.values())
+    for key in ("markdown", "html"):
+        assert storage.read_text(storage.join(uri, "report", expected[key].name)) == expected[key].read_text(), key
+    assert storage.read_bytes(storage.join(uri, "report", "val_accuracy.png")) == expected["val_accuracy"].read_bytes()
+    assert "Trials are compared at step 4" in expected["markdown"].read_text()
+
+    assert main([uri, "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "report.md").read_text() == expected["markdown"].read_text()
+    assert not (local / "report").exists()
+    # A sweep folder that is not one says so.
+    assert main([s3_bucket.uri("report-roundtrip", "nothing")]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_a_sweep_with_its_storage_in_a_bucket_is_interrupted_resumed_and_reported_from_there(toy_world, tmp_path, s3_bucket, monkeypatch):
+    """Two whole runs (1 and 3 steps), `--storage s3://...`: Tune's state, the trials' run folders
+    and the sweep's own files go to the bucket, nothing to a local folder; interrupted (Ctrl-C)
+    after its first trial ends, the same command resumes it from the bucket; the report is
+    written from there into the bucket."""
+    from mentor_ray import storage
+
+    _use_bucket(monkeypatch, s3_bucket)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump({
+        "name": "tiny", "storage": str(tmp_path / "sweeps"), "base_config": RECIPE,
+        "overrides": {"eval.every_steps": 1, "eval.max_problems": 32, "checkpoint.every_steps": 1,
+                      "rollout.prompts_per_step": 16, "optimizer.mini_batch_prompts": 16},
+        # One short trial and one longer: the sweep is interrupted when the short one ends, while
+        # the other runs, which the resume continues from its checkpoint in the bucket.
+        "parameters": {"rollout.guidance_ratio": {"choice": [0.0, 0.3333]}, "total_steps": {"choice": [1, 3]}},
+        "points_to_evaluate": [{"rollout.guidance_ratio": 0.3333, "total_steps": 1}, {"rollout.guidance_ratio": 0.0, "total_steps": 3}],
+        "search": {"num_trials": 2, "max_concurrent_trials": 2, "seed": 0},
+        "asha": None,
+    }))
+    root = s3_bucket.uri("sweeps-in-a-bucket")
+    experiment = storage.join(root, "tiny")
+    command = [sys.executable, "-m", "tuning.sweep", "--config", str(sweep_file), "--storage", root]
+
+    def ledger() -> dict[str, dict]:
+        try:
+            return {row["trial_id"]: row for row in json.loads(storage.read_text(storage.join(experiment, "trials.json")))}
+        except storage.StorageNotFoundError:
+            return {}
+
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and first.poll() is None:
+        if any(row["status"] != "running" for row in ledger().values()):
+            break
+        time.sleep(1)
+    first.send_signal(signal.SIGINT)
+    first_output, _ = first.communicate(timeout=300)
+    done_first = {tid: row for tid, row in ledger().items() if row["status"] != "running"}
+    assert done_first and len(done_first) < 2, first_output
+    assert "sweep interrupted" in first_output and f"in {experiment} |" in first_output, first_output
+    first_log = storage.read_text(storage.join(experiment, "run.log"))
+    frozen = {tid: storage.read_bytes(storage.join(row["run_dir"], "metrics.jsonl")) for tid, row in done_first.items()}
+
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900, check=False)
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output
+    assert "resuming" in output and "sweep done: 2 trials" in output, output
+    assert f"report: python -m tuning.report {experiment}" in output
+    rows = ledger()
+    assert {row["status"] for row in rows.values()} == {"finished"}, rows
+    for tid, content in frozen.items():  # ended before the interruption: not rerun
+        assert storage.read_bytes(storage.join(rows[tid]["run_dir"], "metrics.jsonl")) == content
+        assert f"trial {tid} started" not in second.stdout
+    for row in rows.values():
+        assert row["run_dir"] == storage.join(experiment, "runs", f"trial-{row['trial_id']}")
+        stored = storage.list_files(row["run_dir"], recursive=True)
+        assert {"config.yaml", "metrics.jsonl", "summary.json", "run.log", "final_model/model.safetensors"} <= set(stored), stored
+    top = storage.list_files(experiment)
+    assert {"sweep.yaml", "trials.json", "sweep_summary.json", "run.log"} <= set(top), top
+    assert any(name.startswith("experiment_state") for name in storage.list_files(storage.join(experiment, "tune"))), "Tune's state"
+    assert json.loads(storage.read_text(storage.join(experiment, "sweep_summary.json")))["resumed"] is True
+    # The second session's run.log continues the first's.
+    assert storage.read_text(storage.join(experiment, "run.log")).startswith(first_log)
+
+    report = subprocess.run([sys.executable, "-m", "tuning.report", experiment], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert report.returncode == 0, report.stderr
+    assert "(GRPO)" in storage.read_text(storage.join(experiment, "report", "report.md"))
+    # Nothing in a local folder: not the sweep file's storage, not the repository's sweeps/.
+    assert not (tmp_path / "sweeps").exists()
+    assert not (REPO / "sweeps" / "tiny").exists()
+
+
+
+def test_a_trial_builds_its_config_where_the_base_config_file_is_not(tmp_path, monkeypatch):
+    """A sweep file given by a relative path (as `ray job submit --working-dir .` runs it): its
+    trials run in Tune's trial folders, on any node, yet build their configs from the base
+    config the sweep's driver read."""
+    import pickle
+
+    monkeypatch.chdir(REPO)
+    spec = check_sweep(load_sweep("tuning/sweeps/toy_cluster.yaml", storage="s3://bucket/sweeps"))
+    monkeypatch.chdir(tmp_path)
+    shipped = pickle.loads(pickle.dumps(spec))  # what Tune hands a trial
+    configs = [trial_config(shipped, point, run_root=shipped.experiment + "/runs", run_name="trial-x") for point in full_points(shipped)]
+    assert [c.rollout.n_mixed for c in configs] == [0, 4]
+    assert all(c.total_steps == 6 and c.placement.engines == {"mentor-ray/node-type": "engines"} for c in configs)
+    assert configs[0].placement.learners == {"mentor-ray/node-type": "learners"}
+    assert configs[0].logging.run_root == "s3://bucket/sweeps/toy-cluster-sweep/runs"

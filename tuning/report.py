@@ -3,8 +3,16 @@
 Writes `report.html` (self-contained: plots embedded, no scripts, no network), `report.md` and
 the plots as PNGs beside them (default: `<experiment dir>/report/`). It reads what the sweep
 left: `sweep.yaml`, the ledger `trials.json`, ASHA's rungs (`asha_rungs.json`, else the rungs
-the sweep's ASHA settings give) and each trial's run folder (its `metrics.jsonl`, read once per
-step: a step a resumed run re-ran counts once, its last record).
+the sweep's ASHA settings give) and each trial's run folder (`runs/trial-<id>/` in the
+experiment folder, else the folder the ledger names: its `config.yaml`, and its `metrics.jsonl`
+read once per step: a step a resumed run re-ran counts once, its last record).
+
+The experiment folder and `--out` may be URIs (`s3://bucket/prefix/<name>`, any filesystem
+pyarrow knows): only those files (and each trial's `summary.json`) are fetched, never
+checkpoints or models, and the report is rendered in a local scratch folder and uploaded (by
+default to `<experiment>/report/` at the URI). A sweep run elsewhere (in a cluster job's
+working folder) may name a base config that is not here: the report does not need it, each
+trial's own `config.yaml` says what it ran.
 
 Trials are compared at one step they all reached, not at their last validation: under ASHA
 most trials stop early (at a rung), and a trial that ran 12 steps would beat one stopped at
@@ -35,17 +43,21 @@ import base64
 import html
 import json
 import math
+import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from mentor_ray import storage
 from mentor_ray.config import ConfigError, MentorConfig, load_config
 from mentor_ray.metrics import OBJECTIVE_WINDOW, end_of_guidance_step, read_metrics, window_mean
-from tuning.space import GUIDANCE_RATIO, SweepSpec, load_sweep
-from tuning.sweep import ASHA_STATE_FILE, LEDGER_FILE, SPEC_FILE, SweepLedger, TrialRecord
+from tuning.space import GUIDANCE_RATIO, SweepSpec, sweep_from_dict
+from tuning.sweep import ASHA_STATE_FILE, LEDGER_FILE, RUNS_FOLDER, SPEC_FILE, SweepLedger, TrialRecord, trial_run_name
 
 VAL = "val/greedy_accuracy"
 ENTROPY = "rollout/entropy_mean"
@@ -154,15 +166,36 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# What the report reads: of the experiment folder, and of each trial's run folder.
+SWEEP_FILES = (SPEC_FILE, LEDGER_FILE, ASHA_STATE_FILE)
+TRIAL_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
+
+
+def trial_run_dir(experiment_dir: str | Path, record: TrialRecord) -> str:
+    """A trial's run folder: `runs/trial-<id>` in the experiment folder if it is there (also
+    after the folder was moved, copied or uploaded), else the folder the ledger names."""
+    inside = storage.join(os.fspath(experiment_dir), RUNS_FOLDER, trial_run_name(record.trial_id))
+    return inside if storage.is_dir(inside) else record.run_dir
+
+
+def load_spec(path: Path) -> SweepSpec:
+    """The saved sweep file; a base config that is not here (the sweep ran on another machine,
+    or in a cluster job's working folder) is left out: the report reads each trial's own config."""
+    data = yaml.safe_load(path.read_text()) or {}
+    if data.get("base_config") and not Path(data["base_config"]).is_file():
+        data["base_config"] = None
+    return sweep_from_dict(data, f"sweep file {path}", base_dir=path.parent)
+
+
 def load_rows(experiment_dir: Path) -> tuple[SweepSpec, list[TrialRow]]:
     experiment_dir = Path(experiment_dir)
     if not (experiment_dir / SPEC_FILE).is_file() or not (experiment_dir / LEDGER_FILE).is_file():
         raise ConfigError(f"{experiment_dir}: not a sweep folder (needs {SPEC_FILE} and {LEDGER_FILE}; run python -m tuning.sweep first)")
-    spec = load_sweep(experiment_dir / SPEC_FILE)
+    spec = load_spec(experiment_dir / SPEC_FILE)
     ledger = SweepLedger(experiment_dir, total_steps=0)
     rows = []
     for record in sorted(ledger.records.values(), key=lambda r: r.trial_id):
-        run_dir = Path(record.run_dir)
+        run_dir = Path(trial_run_dir(experiment_dir, record))
         config = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
         history = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
         rows.append(TrialRow(record, config, history))
@@ -562,9 +595,54 @@ def _findings(spec: SweepSpec, rows: list[TrialRow], comparison: Comparison) -> 
     return lines
 
 
-def write_report(experiment_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
+def fetch_sweep(location: str, scratch: Path) -> Path:
+    """The files the report reads of the sweep folder at `location` (a URI), copied into
+    `scratch` in the same layout: the sweep's own files, and of each trial's run folder only
+    TRIAL_FILES (never its checkpoints or model)."""
+    if not storage.is_file(storage.join(location, SPEC_FILE)) or not storage.is_file(storage.join(location, LEDGER_FILE)):
+        raise ConfigError(f"{location}: not a sweep folder (needs {SPEC_FILE} and {LEDGER_FILE}; run python -m tuning.sweep first)")
+    scratch.mkdir(parents=True, exist_ok=True)
+    for name in SWEEP_FILES:
+        source = storage.join(location, name)
+        if storage.is_file(source):
+            (scratch / name).write_bytes(storage.read_bytes(source))
+    for record in SweepLedger(scratch, total_steps=0).records.values():
+        run_dir = trial_run_dir(location, record)
+        target = scratch / RUNS_FOLDER / trial_run_name(record.trial_id)
+        target.mkdir(parents=True, exist_ok=True)
+        try:
+            present = set(storage.list_files(run_dir))
+        except storage.StorageNotFoundError:
+            continue  # the trial never made its folder (it failed first)
+        for name in TRIAL_FILES:
+            if name in present:
+                (target / name).write_bytes(storage.read_bytes(storage.join(run_dir, name)))
+    return scratch
+
+
+def write_report(experiment_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """The report of the sweep folder `experiment_dir` in `out_dir` (default:
+    `<experiment_dir>/report`); either may be a local path or a URI. Returns the files written:
+    local Paths, or URIs (str) where `out_dir` is one."""
+    location = os.fspath(experiment_dir)
+    out = os.fspath(out_dir) if out_dir else storage.join(location, "report")
+    remote_in, remote_out = storage.is_uri(location), storage.is_uri(out)
+    if not (remote_in or remote_out):
+        return _render(Path(location), Path(out))
+    scratch = Path(tempfile.mkdtemp(prefix="mentor-sweep-report-"))
+    try:
+        local = fetch_sweep(location, scratch / "sweep") if remote_in else Path(location)
+        files = _render(local, scratch / "report" if remote_out else Path(out))
+        if not remote_out:
+            return files
+        storage.upload_dir(scratch / "report", out)
+        return {key: storage.join(out, path.name) for key, path in files.items()}
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _render(experiment_dir: Path, out_dir: Path) -> dict[str, Path]:
     spec, rows = load_rows(experiment_dir)
-    out_dir = Path(out_dir) if out_dir else Path(experiment_dir) / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     comparison = compare_trials(rows, asha_rungs(experiment_dir, spec, rows))
     best = comparison.best
@@ -641,12 +719,12 @@ pre {{ background: #f4f4f4; padding: 1em; }}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment_dir", type=Path)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <experiment dir>/report)")
+    parser.add_argument("experiment_dir", help="the sweep's experiment folder: a local path or a URI (s3://bucket/prefix/<name>)")
+    parser.add_argument("--out", default=None, help="output folder, a local path or a URI (default: <experiment dir>/report)")
     args = parser.parse_args(argv)
     try:
         files = write_report(args.experiment_dir, args.out)
-    except ConfigError as error:
+    except (ConfigError, storage.StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"report: {files['html']} and {files['markdown']}")

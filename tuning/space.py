@@ -2,6 +2,7 @@
 
 ```yaml
 name: toy-sweep                       # experiment folder: <storage>/<name>
+storage: sweeps                       # a local folder, or a URI: s3://bucket/prefix (any pyarrow filesystem)
 base_config: pipelines/recipes/toy_mentor.yaml
 overrides: {total_steps: 12}          # dotted keys, applied to every trial
 parameters:                           # dotted config keys, each with one distribution
@@ -29,8 +30,10 @@ the sweep before any trial, naming the parameter.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,17 +89,45 @@ class SweepSpec:
     points_to_evaluate: list[dict[str, Any]]
     search: SearchSettings
     asha: AshaSettings | None
+    # An absolute local path, or a URI (s3://bucket/prefix, any filesystem pyarrow knows).
     storage: str = "sweeps"
     source: str = "sweep"
     # Filled in by `check_sweep`: ln(vocabulary size) of the policy, for `times: log_vocab`.
     log_vocab: float | None = field(default=None)
+    # Filled in by `check_sweep`: the base config file as read on the sweep's driver. A trial
+    # builds its config from this, not from the file: it runs in a working folder of its own
+    # (Tune's trial folder), on any node of a cluster, where the file's path may name nothing.
+    base_tree: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
-    def experiment_dir(self) -> Path:
-        return Path(self.storage).expanduser().resolve() / self.name
+    def experiment(self) -> str:
+        """The experiment folder, `<storage>/<name>`: an absolute local path or a URI."""
+        if storage_uri(self.storage):
+            from mentor_ray import storage
+
+            return storage.join(self.storage, self.name)
+        return str(Path(self.storage).expanduser().resolve() / self.name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def storage_uri(location: str) -> bool:
+    """True for a `storage` given as a URI (`scheme://...`), as mentor_ray.storage.is_uri
+    (not imported here: pyarrow only when a sweep runs)."""
+    return bool(re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", location))
+
+
+def check_storage(spec: SweepSpec) -> None:
+    """Creates the experiment folder where `storage` says: a bad URI (unknown scheme, missing
+    bucket, unreachable server, no credentials) or an unwritable folder is refused here, in one
+    line naming the key, before any trial starts."""
+    from mentor_ray import storage
+
+    try:
+        storage.make_dirs(spec.experiment)
+    except storage.StorageError as error:
+        raise ConfigError(f"{spec.source}: storage={spec.storage!r}: {error}") from None
 
 
 def _fail(source: str, problems: list[str]) -> ConfigError:
@@ -151,8 +182,9 @@ def _settings(cls: type, data: Any, where: str, problems: list[str]) -> Any:
     return cls(**data)
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Reads a sweep file; `check_sweep` then tests it against the run config."""
+def load_sweep(path: str | Path, storage: str | None = None) -> SweepSpec:
+    """Reads a sweep file; `check_sweep` then tests it against the run config. `storage`, if
+    given, replaces the file's `storage`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {path} does not exist")
@@ -162,6 +194,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(f"sweep file {path} is not valid YAML: {error}") from error
     if not isinstance(data, dict):
         raise ConfigError(f"sweep file {path} must hold a mapping at the top level")
+    if storage is not None:
+        data["storage"] = storage
     return sweep_from_dict(data, f"sweep file {path}", base_dir=path.parent)
 
 
@@ -204,13 +238,17 @@ def sweep_from_dict(data: dict[str, Any], source: str = "sweep", base_dir: Path 
             search_data["objectives"] = tuple(Objective(o["metric"], o["mode"]) for o in objectives)
     search = _settings(SearchSettings, search_data, "search", problems)
     asha = None if "asha" in data and data["asha"] is None else _settings(AshaSettings, data.get("asha"), "asha", problems)
-    # Absolute now: a trial runs in its own working folder, where a relative path means elsewhere.
-    storage = Path(str(data.get("storage", "sweeps"))).expanduser().resolve()
+    storage = str(data.get("storage", "sweeps"))
+    if not storage.strip():
+        problems.append("storage: must be a local folder or a URI such as s3://bucket/prefix")
+    elif not storage_uri(storage):
+        # Absolute now: a trial runs in its own working folder, where a relative path means elsewhere.
+        storage = str(Path(storage).expanduser().resolve())
     if problems:
         raise _fail(source, problems)
     spec = SweepSpec(
         name=name, base_config=base_config, overrides=overrides, parameters=parameters, points_to_evaluate=points,
-        search=search, asha=asha, storage=str(storage), source=source,
+        search=search, asha=asha, storage=storage, source=source,
     )
     _check_settings(spec)
     return spec
@@ -248,7 +286,10 @@ def _check_settings(spec: SweepSpec) -> None:
 
 
 def _base_tree(spec: SweepSpec) -> dict[str, Any]:
-    tree = load_config_tree(spec.base_config) if spec.base_config else {}
+    if spec.base_tree is not None:
+        tree = copy.deepcopy(spec.base_tree)
+    else:
+        tree = load_config_tree(spec.base_config) if spec.base_config else {}
     for key, value in spec.overrides.items():
         set_dotted(tree, str(key), value)
     return tree
@@ -342,7 +383,10 @@ def full_points(spec: SweepSpec) -> list[dict[str, Any]]:
 
 def check_sweep(spec: SweepSpec) -> SweepSpec:
     """Every value a parameter can take and every point to evaluate must make a config the run
-    accepts; also requires the objectives to exist (validation for `objective/val_accuracy`)."""
+    accepts; also requires the objectives to exist (validation for `objective/val_accuracy`).
+    Reads the base config file once, for every trial (`SweepSpec.base_tree`)."""
+    if spec.base_config and spec.base_tree is None:
+        spec.base_tree = load_config_tree(spec.base_config)
     base = config_from_dict(_base_tree(spec), f"{spec.source}: base_config + overrides")
     if any(p.times == "log_vocab" for p in spec.parameters):
         spec.log_vocab = _policy_log_vocab(base)

@@ -6,11 +6,18 @@ pattern). Optuna proposes the parameters; ASHA stops trials whose objective lags
 The experiment folder `<storage>/<name>/` holds Tune's state (`tune/`), every trial's run
 folder (`runs/trial-<id>/`, named without timestamps so a restored trial finds its
 checkpoints), `sweep.yaml` (the sweep as run), `trials.json` (this sweep's ledger of every
-trial's parameters, status and error, which `python -m tuning.report` reads), `run.log`
-(library output) and `sweep_summary.json`.
+trial's parameters, status and error, which `python -m tuning.report` reads),
+`asha_rungs.json` (ASHA's rung records), `run.log` (library output) and `sweep_summary.json`.
+
+`storage` is a local folder or a URI (`s3://bucket/prefix`, any filesystem pyarrow knows;
+`--storage` overrides the file's). On a URI everything above is written there and nothing in a
+local folder: Tune's state through its `storage_filesystem`, the trials' run folders by the
+runs themselves (`logging.run_root` is the URI), the ledger, rungs, spec and summary directly;
+`run.log` is written in a local staging folder and uploaded when the sweep ends (appended to
+the one already there on a resume).
 
 Run the same command again after an interruption: it restores the sweep with
-`Tuner.restore`, keeps finished trials and continues the rest.
+`Tuner.restore` (from the URI as well), keeps finished trials and continues the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +39,9 @@ import yaml
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 
+from mentor_ray import storage
 from mentor_ray.config import ConfigError, MentorConfig
-from tuning.space import SweepSpec, check_sweep, full_points, load_sweep, trial_config, tune_search_space
+from tuning.space import SweepSpec, check_storage, check_sweep, full_points, load_sweep, trial_config, tune_search_space
 
 DEFAULT_SWEEP = Path(__file__).parent / "sweeps" / "toy.yaml"
 LEDGER_FILE = "trials.json"
@@ -62,7 +72,7 @@ def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
     from pipelines.train import run_training
 
     trial_id = tune.get_context().get_trial_id()
-    config = trial_config(spec, params, run_root=str(spec.experiment_dir / RUNS_FOLDER), run_name=trial_run_name(trial_id))
+    config = trial_config(spec, params, run_root=storage.join(spec.experiment, RUNS_FOLDER), run_name=trial_run_name(trial_id))
     run_training(config, callbacks=(TuneReportCallback(),))
 
 
@@ -99,32 +109,43 @@ def _short(params: dict[str, Any]) -> str:
     return ", ".join(f"{k.split('.')[-1]}={fmt(v)}" for k, v in params.items())
 
 
+def _write_whole(location: str, text: str) -> None:
+    """Replaces a file at once: a local one through a temporary file and a rename; an object
+    store's PUT is already all or nothing."""
+    if storage.is_uri(location):
+        storage.write_text(location, text)
+        return
+    path = Path(location)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 class SweepLedger:
     """Every trial's parameters, status and last numbers in trials.json. The file is the only
     state: each change reads it, updates one record and writes it back, so any copy of the
-    callback that holds a ledger (Tune copies and pickles its callbacks) sees the same trials."""
+    callback that holds a ledger (Tune copies and pickles its callbacks) sees the same trials.
+    `experiment_dir`: a local folder or a URI."""
 
-    def __init__(self, experiment_dir: Path, total_steps: int) -> None:
-        self.path = Path(experiment_dir) / LEDGER_FILE
-        self.experiment_dir = Path(experiment_dir)
+    def __init__(self, experiment_dir: str | Path, total_steps: int) -> None:
+        self.experiment_dir = os.fspath(experiment_dir)
+        self.path = storage.join(self.experiment_dir, LEDGER_FILE)
         self.total_steps = total_steps
 
     @property
     def records(self) -> dict[str, TrialRecord]:
-        if not self.path.is_file():
+        if not storage.is_file(self.path):
             return {}
-        return {row["trial_id"]: TrialRecord(**row) for row in json.loads(self.path.read_text())}
+        return {row["trial_id"]: TrialRecord(**row) for row in json.loads(storage.read_text(self.path))}
 
     def _save(self, records: dict[str, TrialRecord]) -> None:
         rows = [asdict(r) for r in sorted(records.values(), key=lambda r: r.trial_id)]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        tmp.replace(self.path)
+        _write_whole(self.path, json.dumps(rows, indent=1))
 
     def _record(self, records: dict[str, TrialRecord], trial) -> TrialRecord:
         if trial.trial_id not in records:
-            run_dir = self.experiment_dir / RUNS_FOLDER / trial_run_name(trial.trial_id)
-            records[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config), str(run_dir))
+            run_dir = storage.join(self.experiment_dir, RUNS_FOLDER, trial_run_name(trial.trial_id))
+            records[trial.trial_id] = TrialRecord(trial.trial_id, dict(trial.config), run_dir)
         return records[trial.trial_id]
 
     def start(self, trial) -> TrialRecord:
@@ -142,8 +163,9 @@ class SweepLedger:
         last = trial.last_result or {}
         record.last = {k: float(v) for k, v in last.items() if "/" in k and isinstance(v, (int, float))}
         record.steps = int(last.get("step", record.steps) or 0)
-        run_dir = Path(record.run_dir)
-        summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else None
+        run_dir = record.run_dir
+        summary_file = storage.join(run_dir, "summary.json")
+        summary = json.loads(storage.read_text(summary_file)) if storage.is_file(summary_file) else None
         if summary is None:
             record.released_placement_groups = release_placement_group(run_dir)
         if failed:
@@ -160,7 +182,7 @@ class SweepLedger:
         return [r for r in self.records.values() if r.status != "running"]
 
 
-def release_placement_group(run_dir: Path, wait_s: float = 2.0) -> int:
+def release_placement_group(run_dir: str | Path, wait_s: float = 2.0) -> int:
     """Removes the learners' placement group of a run that did not end by itself (stopped by
     ASHA, failed): its controller died with the trial, and Ray Train's cleaner, which asks the
     dashboard whether the controller lives, cannot reach a local instance started by
@@ -171,10 +193,12 @@ def release_placement_group(run_dir: Path, wait_s: float = 2.0) -> int:
 
     from pipelines.loop import PLACEMENT_GROUP_FILE
 
-    path = Path(run_dir) / PLACEMENT_GROUP_FILE
-    if not path.is_file() or not ray.is_initialized():
+    if not ray.is_initialized():
         return 0
-    group_id = json.loads(path.read_text())["id"]
+    path = storage.join(os.fspath(run_dir), PLACEMENT_GROUP_FILE)
+    if not storage.is_file(path):
+        return 0
+    group_id = json.loads(storage.read_text(path))["id"]
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         state = ray.util.placement_group_table().get(group_id, {}).get("state")
@@ -200,7 +224,7 @@ class SweepConsole(Callback):
     """One line when a trial starts, at each of its validation steps, and when it ends; keeps
     the ledger."""
 
-    def __init__(self, experiment_dir: Path, total_steps: int, num_trials: int, objective: str, say: ConsoleWriter) -> None:
+    def __init__(self, experiment_dir: str | Path, total_steps: int, num_trials: int, objective: str, say: ConsoleWriter) -> None:
         self.ledger = SweepLedger(experiment_dir, total_steps)
         self.total_steps = total_steps
         self.num_trials = num_trials
@@ -332,21 +356,21 @@ def _searcher(spec: SweepSpec):
 class ResumableASHA(ASHAScheduler):
     """ASHA whose rung records survive `Tuner.restore`: Tune saves the searcher's state but
     not the scheduler's, so a resumed sweep would judge its next trials against empty rungs.
-    The records go to a file at every result; the unpickled scheduler of a restore reads them."""
+    The records go to a file at every result (a local path or a URI); the unpickled scheduler of
+    a restore reads them."""
 
-    def __init__(self, state_file: Path, **kwargs) -> None:
+    def __init__(self, state_file: str | Path, **kwargs) -> None:
         super().__init__(**kwargs)
-        self._state_file = str(state_file)
+        self._state_file = os.fspath(state_file)
 
     def _persist(self) -> None:
         rungs = [[[milestone, recorded] for milestone, recorded in bracket._rungs] for bracket in self._brackets]
-        Path(self._state_file).write_text(json.dumps({"rungs": rungs, "num_stopped": self._num_stopped}))
+        storage.write_text(self._state_file, json.dumps({"rungs": rungs, "num_stopped": self._num_stopped}))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        path = Path(self._state_file)
-        if path.is_file():
-            saved = json.loads(path.read_text())
+        if storage.is_file(self._state_file):
+            saved = json.loads(storage.read_text(self._state_file))
             for bracket, rungs in zip(self._brackets, saved["rungs"]):
                 bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
             self._num_stopped = saved["num_stopped"]
@@ -365,13 +389,13 @@ class ResumableASHA(ASHAScheduler):
 ASHA_STATE_FILE = "asha_rungs.json"
 
 
-def _scheduler(spec: SweepSpec, total_steps: int, experiment_dir: Path):
+def _scheduler(spec: SweepSpec, total_steps: int, experiment_dir: str | Path):
     from ray.tune.schedulers import FIFOScheduler
 
     if spec.asha is None:
         return FIFOScheduler()
     return ResumableASHA(
-        state_file=experiment_dir / ASHA_STATE_FILE,
+        state_file=storage.join(os.fspath(experiment_dir), ASHA_STATE_FILE),
         # max_t one past the last step: a trial ends by itself (saving its model, releasing its
         # learners' placement group); ASHA stops only those that lag at a rung.
         time_attr="step", metric=spec.asha.metric, mode=spec.asha.mode, max_t=total_steps + 1,
@@ -380,27 +404,39 @@ def _scheduler(spec: SweepSpec, total_steps: int, experiment_dir: Path):
 
 
 def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool = False, say=print) -> SweepOutcome:
-    """Runs (or resumes) the sweep to the end. Refuses a bad sweep before any trial starts."""
+    """Runs (or resumes) the sweep to the end. Refuses a bad sweep, or a `storage` it cannot
+    write to, before any trial starts."""
     from ray import tune
 
-    from pipelines.console import DriverConsole
+    from pipelines.console import RUN_LOG_FILE, DriverConsole
     from pipelines.train import connect_ray
 
     check_sweep(spec)
+    check_storage(spec)  # creates the experiment folder
     started = time.perf_counter()
-    experiment_dir = spec.experiment_dir
-    experiment_dir.mkdir(parents=True, exist_ok=True)
-    tune_dir = experiment_dir / TUNE_FOLDER
-    resumed = tune.Tuner.can_restore(str(tune_dir))
-    saved = experiment_dir / SPEC_FILE
-    if resumed and saved.is_file() and yaml.safe_load(saved.read_text()) != spec_as_yaml(spec):
+    experiment_dir = spec.experiment
+    # Tune's state: on a URI through the filesystem mentor_ray.storage built (endpoint, query
+    # options); Tuner.restore and can_restore need it too, with the path on that filesystem.
+    tune_storage = storage.ray_storage(experiment_dir)
+    tune_filesystem = tune_storage.get("storage_filesystem")
+    tune_path = storage.join(tune_storage["storage_path"], TUNE_FOLDER) if tune_filesystem is None else f"{tune_storage['storage_path']}/{TUNE_FOLDER}"
+    resumed = tune.Tuner.can_restore(tune_path, storage_filesystem=tune_filesystem)
+    saved = storage.join(experiment_dir, SPEC_FILE)
+    if resumed and storage.is_file(saved) and yaml.safe_load(storage.read_text(saved)) != spec_as_yaml(spec):
         raise ConfigError(
             f"{spec.source}: {experiment_dir} holds a sweep with other settings ({saved}); "
             "run that file to resume it, or give this sweep another name"
         )
-    saved.write_text(yaml.safe_dump(spec_as_yaml(spec), sort_keys=False))
+    storage.write_text(saved, yaml.safe_dump(spec_as_yaml(spec), sort_keys=False))
     base = trial_config(spec, {})
-    console = DriverConsole(experiment_dir, verbose=verbose)
+    # The driver's run.log needs a local folder: the experiment folder itself, or, for one on
+    # shared storage, a staging folder uploaded (and removed) at the end, as a run does.
+    on_storage = storage.is_uri(experiment_dir)
+    log_file = storage.join(experiment_dir, RUN_LOG_FILE)
+    local_dir = Path(tempfile.mkdtemp(prefix="mentor-sweep-")) if on_storage else Path(experiment_dir)
+    if on_storage and storage.is_file(log_file):  # a resume appends to the log of the first session
+        (local_dir / RUN_LOG_FILE).write_bytes(storage.read_bytes(log_file))
+    console = DriverConsole(local_dir, verbose=verbose)
     console.quiet_libraries()
     try:
         # The dashboard's state API lets Ray Train's placement-group cleaner see that a trial
@@ -418,11 +454,12 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
             f"(each needs {needs.describe()}) | {base.total_steps} steps each | "
             f"search {spec.search.algorithm} on {objective} | "
             + (f"ASHA on {spec.asha.metric} from step {spec.asha.grace_period}" if spec.asha else "no early stopping")
-            + f" | log {experiment_dir / 'run.log'}"
+            + f" | log {log_file}"
         )
         trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"CPU": TRIAL_DRIVER_CPUS})
         if resumed:
-            tuner = tune.Tuner.restore(str(tune_dir), trainable=trainable, resume_errored=False, restart_errored=False)
+            tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=False, restart_errored=False,
+                                       storage_filesystem=tune_filesystem)
             # The restored run config carries the pickled SweepConsole of the first process,
             # whose console is gone: use this one (Tuner.restore takes no callbacks).
             restored = tuner._local_tuner.get_run_config()
@@ -438,15 +475,15 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
                     trial_dirname_creator=lambda trial: trial_run_name(trial.trial_id),
                 ),
                 run_config=tune.RunConfig(
-                    name=TUNE_FOLDER, storage_path=str(experiment_dir), callbacks=[sweep_console], verbose=0,
+                    name=TUNE_FOLDER, **tune_storage, callbacks=[sweep_console], verbose=0,
                     failure_config=tune.FailureConfig(max_failures=0),
                 ),
             )
         tuner.fit()
         leftovers = leftover_resources()
-        outcome = SweepOutcome(str(experiment_dir), sorted(ledger.records.values(), key=lambda r: r.trial_id),
+        outcome = SweepOutcome(experiment_dir, sorted(ledger.records.values(), key=lambda r: r.trial_id),
                                time.perf_counter() - started, concurrency, resumed, leftovers)
-        (experiment_dir / SUMMARY_FILE).write_text(json.dumps(asdict(outcome), indent=1))
+        storage.write_text(storage.join(experiment_dir, SUMMARY_FILE), json.dumps(asdict(outcome), indent=1))
         unfinished = spec.search.num_trials - len(ledger.done())
         if unfinished > 0:
             console.say(
@@ -458,6 +495,11 @@ def run_sweep(spec: SweepSpec, *, ray_address: str | None = None, verbose: bool 
         return outcome
     finally:
         console.close()
+        if on_storage:
+            try:
+                storage.upload_dir(local_dir, experiment_dir)
+            finally:
+                shutil.rmtree(local_dir, ignore_errors=True)
 
 
 def spec_as_yaml(spec: SweepSpec) -> dict[str, Any]:
@@ -496,10 +538,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_SWEEP, help="sweep file (default: the toy-world sweep)")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
+    parser.add_argument(
+        "--storage", default=None,
+        help="where the experiment folder goes, instead of the sweep file's storage: a local path or a URI (s3://bucket/prefix)",
+    )
     parser.add_argument("--verbose", action="store_true", help="show library logs on the console")
     args = parser.parse_args(argv)
     try:
-        spec = load_sweep(args.config)
+        spec = load_sweep(args.config, storage=args.storage)
         run_sweep(spec, ray_address=args.address, verbose=args.verbose)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
