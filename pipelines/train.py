@@ -158,6 +158,9 @@ def run_training(
     console = DriverConsole(local_dir, verbose=verbose)
     console.say(_start_line(config, run_dir, paths, storage.join(run_dir, RUN_LOG_FILE) if on_storage else local_dir / RUN_LOG_FILE))
     console.quiet_libraries()
+    # A run that is killed (a sweep's scheduler stops trials that way) never reaches `finally`:
+    # the staged log is mirrored every so often, so the run folder keeps most of it.
+    mirror = StagingMirror(local_dir, run_dir) if on_storage else None
     try:
         summary = _run(
             config, run_dir, paths, resume_from, console, ray_address, tuple(callbacks), nan_loss_at_steps,
@@ -168,9 +171,32 @@ def run_training(
         return summary
     finally:
         console.close()
-        if on_storage:
+        if mirror is not None:
+            mirror.stop()
             storage.upload_dir(local_dir, run_dir)
             shutil.rmtree(local_dir, ignore_errors=True)
+
+
+class StagingMirror:
+    """Uploads the driver's staging folder to the run folder every `every_s` seconds."""
+
+    def __init__(self, local_dir: Path, run_dir: str, every_s: float = 15.0) -> None:
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(local_dir, run_dir, every_s), name="run-log-mirror", daemon=True)
+        self._thread.start()
+
+    def _loop(self, local_dir: Path, run_dir: str, every_s: float) -> None:
+        from mentor_ray import storage
+
+        while not self._stopped.wait(every_s):
+            try:
+                storage.upload_dir(local_dir, run_dir)
+            except storage.StorageError:
+                continue  # the final upload says what is wrong, if it still is
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=60)
 
 
 def _run(

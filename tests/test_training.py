@@ -386,3 +386,24 @@ def test_console_of_a_direct_run_is_a_start_line_one_line_per_step_and_a_summary
     assert result.stderr.strip() == ""
     log = (tmp_path / "console" / "run.log").read_text()
     assert "Started a local Ray instance" in log  # library output went to the run folder
+
+
+def test_a_run_on_shared_storage_mirrors_its_log_while_it_runs(tmp_path):
+    """A trial a sweep stops is killed, never reaching the final upload: the staged log reaches
+    the run folder while the run goes on."""
+    from pipelines.train import StagingMirror
+
+    staging, run_folder = tmp_path / "staging", tmp_path / "run"
+    staging.mkdir()
+    (staging / "run.log").write_text("step 1\n")
+    mirror = StagingMirror(staging, f"file://{run_folder}", every_s=0.1)
+    try:
+        deadline = time.time() + 10
+        while not (run_folder / "run.log").is_file() and time.time() < deadline:
+            time.sleep(0.05)
+        (staging / "run.log").write_text("step 1\nstep 2\n")
+        while (run_folder / "run.log").read_text() != "step 1\nstep 2\n" and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        mirror.stop()
+    assert (run_folder / "run.log").read_text() == "step 1\nstep 2\n"
