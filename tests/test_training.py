@@ -395,6 +395,7 @@ def test_a_run_on_shared_storage_mirrors_its_log_while_it_runs(tmp_path):
 
     staging, run_folder = tmp_path / "staging", tmp_path / "run"
     staging.mkdir()
+    run_folder.mkdir()  # make_run_dir made it
     (staging / "run.log").write_text("step 1\n")
     mirror = StagingMirror(staging, f"file://{run_folder}", every_s=0.1)
     try:
