@@ -28,21 +28,19 @@ class StepShards:
 
     shard_refs: list[ray.ObjectRef]  # rank r's local mini-batches, in the object store
     mini_batch_count: int
-    prompt_count: int  # prompts whose groups survived the rollout
     shard_bytes: list[int]  # size of each rank's shard in the object store
     error: str | None = None  # a reason every rank stops for (raised on all of them)
 
 
 def share_rollout(samples: list[TrainingSample], world_size: int, mini_batch_count: int | None, error: str | None) -> StepShards:
     """Rank 0: one shard per rank of every global mini-batch (`shard_for_rank`), in the store."""
-    prompt_count = len({s.group_id for s in samples})
     if error is not None or mini_batch_count is None:
-        return StepShards([], 0, prompt_count, [], error or "no mini-batches")
+        return StepShards([], 0, [], error or "no mini-batches")
     shards = [shard_for_rank(samples, rank, world_size, mini_batch_count) for rank in range(world_size)]
     refs = [ray.put(shard) for shard in shards]
     locations = get_object_locations(refs)
     sizes = [int(locations[ref].get("object_size") or 0) for ref in refs]
-    return StepShards(refs, mini_batch_count, prompt_count, sizes)
+    return StepShards(refs, mini_batch_count, sizes)
 
 
 def exchange(shards: StepShards | None) -> StepShards:

@@ -95,19 +95,25 @@ def test_a_job_across_nodes_equals_the_one_node_run(cluster, s3_bucket, short_ru
         for folder in entry["model_dirs"].values():
             assert not folder.startswith(driver_folder), (entry["role"], folder, driver_folder)
 
-    # The same numbers as the one-node, one-learner run of the same seed (float noise).
+    history, alone = _assert_steps_equal_the_one_node_run(run_dir, short_run)
+    assert sorted(history) == [0, 1, 2]
+    for step in (1, 2):
+        assert history[step]["transfer/weights_bytes"] > 0 and history[step]["transfer/rollout_bytes"] > 0
+    assert history[2]["val/greedy_accuracy"] == alone[2]["val/greedy_accuracy"]
+
+
+def _assert_steps_equal_the_one_node_run(run_dir: str, short_run) -> tuple[dict, dict]:
+    """Steps 1-2 of the run at `run_dir` against the one-node, one-learner run of the same seed
+    (float noise); every engine serves the step's weights after its sync. Returns both histories."""
     history = {r["step"]: r for r in _read_jsonl(storage.join(run_dir, "metrics.jsonl"))}
     alone = {r["step"]: r for r in _read_jsonl(Path(short_run.run_dir) / "metrics.jsonl")}
-    assert sorted(history) == [0, 1, 2]
     for step in (1, 2):
         for key in ("rollout/on_policy_reward", "rollout/mixed_reward", "rollout/response_length", "train/tokens"):
             assert history[step][key] == pytest.approx(alone[step][key], abs=1e-6), (step, key)
         for key in ("train/loss", "train/grad_norm", "rollout/entropy_mean", "guidance/entropy_threshold"):
             assert history[step][key] == pytest.approx(alone[step][key], rel=1e-4, abs=1e-6), (step, key)
-        # Every engine reports the weights version it serves after the step's sync.
         assert history[step]["sync/engine_weights_version_min"] == history[step]["sync/engine_weights_version_max"] == step
-        assert history[step]["transfer/weights_bytes"] > 0 and history[step]["transfer/rollout_bytes"] > 0
-    assert history[2]["val/greedy_accuracy"] == alone[2]["val/greedy_accuracy"]
+    return history, alone
 
 
 def _read_jsonl(location) -> list[dict]:
@@ -275,14 +281,7 @@ def test_the_full_form_across_nodes_two_of_each_role(cluster, s3_bucket, short_r
     assert sorted(e["role"] for e in engines) == ["mixed engine"] * 2 + ["policy engine"] * 2
     assert {_node_type(e) for e in engines} == {"engines"}
     assert [_node_type(e) for e in placement["learners"]] == ["learners", "learners"]
-    history = {r["step"]: r for r in _read_jsonl(storage.join(run_dir, "metrics.jsonl"))}
-    alone = {r["step"]: r for r in _read_jsonl(Path(short_run.run_dir) / "metrics.jsonl")}
-    for step in (1, 2):
-        for key in ("rollout/on_policy_reward", "rollout/mixed_reward", "rollout/response_length", "train/tokens"):
-            assert history[step][key] == pytest.approx(alone[step][key], abs=1e-6), (step, key)
-        for key in ("train/loss", "train/grad_norm", "rollout/entropy_mean", "guidance/entropy_threshold"):
-            assert history[step][key] == pytest.approx(alone[step][key], rel=1e-4, abs=1e-6), (step, key)
-        assert history[step]["sync/engine_weights_version_min"] == history[step]["sync/engine_weights_version_max"] == step
+    _assert_steps_equal_the_one_node_run(run_dir, short_run)
 
 
 def test_placement_is_checked_against_the_alive_nodes_before_anything_starts():
