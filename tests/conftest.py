@@ -1,4 +1,5 @@
-"""Shared fixtures: the toy world (built once per machine, cached) and a local Ray instance."""
+"""Shared fixtures: the toy world (built once per machine, cached), a local Ray instance, an S3
+bucket on loopback, the short run, and one local cluster of three Ray nodes for the session."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import os
 import pytest
 
 from mentor_ray.rollout.requests import CPU_ENGINE_ENV
+
+# Set by the cluster's `up` in every node's environment; tests check it reached the workers.
+CLUSTER_ENV_MARK = {"MENTOR_RAY_LOCAL_CLUSTER_TEST": "from-up"}
 
 # Engines built in the test process itself get the same CPU settings as engine actors.
 for _key, _value in CPU_ENGINE_ENV.items():
@@ -57,3 +61,23 @@ def short_run(toy_world, tmp_path_factory):
     summary = run_training(short_config(root, "logging.run_name=short"), shard_record_dir=str(root / "shards"))
     ray.shutdown()
     return summary
+
+
+def start_local_cluster(folder, s3_bucket):
+    """A head and two worker nodes (`engines`, `learners`: pipelines.local_cluster's defaults)
+    with the bucket's environment and CLUSTER_ENV_MARK on every node."""
+    from pipelines.local_cluster import LocalCluster
+
+    # A pytest folder is long: the nodes' temp dirs then go under a short /tmp/mrlc-* root
+    # (Unix socket paths under it must stay below 107 bytes).
+    return LocalCluster.up(folder, env={**s3_bucket.env, **CLUSTER_ENV_MARK}, timeout_s=300)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory, s3_bucket, toy_world):
+    """One local cluster for the session (bringing one up costs about half a minute). Modules
+    use it in file order: tests/test_cluster.py submits jobs to it, then
+    tests/test_local_cluster.py checks it, kills and adds a node, and takes it down last. A test
+    that loses nodes on purpose while a run goes on starts a cluster of its own."""
+    with start_local_cluster(tmp_path_factory.mktemp("local-cluster"), s3_bucket) as cluster:
+        yield cluster

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,11 +30,17 @@ PLACED = [
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_bucket, toy_world):
-    # Short folder: Unix socket paths under it must stay below 107 bytes.
-    folder = tempfile.mkdtemp(prefix="mrlc-", dir="/tmp")
-    with LocalCluster.up(folder, env=s3_bucket.env) as local_cluster:
-        yield local_cluster
+def cluster(local_cluster):
+    return local_cluster
+
+
+@pytest.fixture
+def own_cluster(tmp_path, s3_bucket):
+    """A cluster for this test alone: it loses nodes on purpose, and the session's must stay whole."""
+    from conftest import start_local_cluster
+
+    with start_local_cluster(tmp_path / "cluster", s3_bucket) as cluster:
+        yield cluster
 
 
 def submit_job(cluster: LocalCluster, entrypoint: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
@@ -121,7 +126,7 @@ def _read_jsonl(location) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_a_run_survives_losing_the_engine_node_then_the_learner_node(cluster, s3_bucket, monkeypatch, capsys):
+def test_a_run_survives_losing_the_engine_node_then_the_learner_node(own_cluster, s3_bucket, monkeypatch, capsys):
     """kill -9 the raylet of the engines' node during the run, then start a replacement: engines
     restart there (weights from the store) and the run goes on. Then the same for the learners'
     node: Ray Train restores the workers from the last checkpoint (in the bucket). Each step is in
@@ -130,6 +135,8 @@ def test_a_run_survives_losing_the_engine_node_then_the_learner_node(cluster, s3
 
     from mentor_ray.config import load_config
     from pipelines.train import DEFAULT_RECIPE, run_training
+
+    cluster = own_cluster
 
     for key, value in s3_bucket.env.items():
         monkeypatch.setenv(key, value)

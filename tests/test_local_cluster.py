@@ -1,5 +1,7 @@
 """The local multi-node cluster (pipelines/local_cluster.py): three `ray start` nodes on this
-machine, brought up once for the module and taken down by the last test."""
+machine. The session's cluster (conftest `local_cluster`, which tests/test_cluster.py has
+already used for jobs) is checked here, loses and regains a node, and is taken down by the last
+test."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 ray = pytest.importorskip("ray")
 
+from conftest import CLUSTER_ENV_MARK
 from pipelines.local_cluster import (
+    DEFAULT_CPUS,
     LABEL_KEY,
     PORT_REGISTRY,
     LocalCluster,
@@ -29,8 +33,7 @@ from pipelines.local_cluster import (
     process_table,
 )
 
-CPUS = {"head": 1, "engines": 3, "learners": 2}
-ENV_MARK = ("MENTOR_RAY_LOCAL_CLUSTER_TEST", "from-up")
+CPUS = DEFAULT_CPUS
 
 # An unrelated local Ray instance, started by this test process (not by the cluster): `down`
 # must leave it alive and working. It answers "pong" to each line on stdin.
@@ -109,22 +112,19 @@ def unrelated():
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, unrelated):
-    # A pytest folder is long: the nodes' temp dirs then go under a short /tmp/mrlc-* root.
-    folder = tmp_path_factory.mktemp("local-cluster")
-    cluster = LocalCluster.up(folder, env=dict([ENV_MARK]), cpus=CPUS, object_store_mb=100, timeout_s=300)
+def cluster(local_cluster, unrelated):
+    local_cluster.connect(log_to_driver=False)
     try:
-        cluster.connect(log_to_driver=False)
-        yield cluster
+        yield local_cluster
     finally:
-        cluster.disconnect()
-        cluster.down()
+        local_cluster.disconnect()
 
 
 @ray.remote(num_cpus=0)
 class Probe:
     def where(self):
-        return ray.get_runtime_context().get_node_id(), os.getpid(), os.environ.get(ENV_MARK[0])
+        (key,) = CLUSTER_ENV_MARK
+        return ray.get_runtime_context().get_node_id(), os.getpid(), os.environ.get(key)
 
     def escape(self):
         """A child in a session of its own, as an engine or grader subprocess may start."""
@@ -180,7 +180,7 @@ def test_label_selector_places_actors_and_env_reaches_workers(cluster):
     (engines_node, _, engines_env), (learners_node, _, _) = ray.get([engines.where.remote(), learners.where.remote()], timeout=120)
     assert engines_node == cluster.node("engines").node_id
     assert learners_node == cluster.node("learners").node_id
-    assert engines_env == ENV_MARK[1]
+    assert engines_env == next(iter(CLUSTER_ENV_MARK.values()))
 
 
 def test_object_crosses_object_stores(cluster):

@@ -243,8 +243,7 @@ def test_learner_worker_killed_mid_run_restarts_from_checkpoint(toy_world, tmp_p
     assert lines == [1, 2, 3, 4, 5]
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_first_ppo_ratio_is_one(toy_world, local_ray, temperature):
+def test_first_ppo_ratio_is_one(toy_world, local_ray):
     """For freshly synced weights the learner's log-probs of sampled tokens equal the engine's,
     at any sampling temperature: both score the distribution the engine sampled from."""
     from transformers import AutoTokenizer
@@ -255,32 +254,37 @@ def test_first_ppo_ratio_is_one(toy_world, local_ray, temperature):
     from pipelines.roles import build_rollout_roles
     from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
 
-    config = _config(Path("/tmp"), "rollout.n_mixed=0", "model.expert_path=null", f"rollout.temperature={temperature}")
+    # The engines do not depend on the temperature (the plan carries it), so both temperatures
+    # share one engine set; each gets its own learner, whose scoring temperature is config.
+    base = _config(Path("/tmp"), "rollout.n_mixed=0", "model.expert_path=null")
     tokenizer = AutoTokenizer.from_pretrained(toy_world.policy_dir)
-    problems, _ = load_tokenized_problems(str(toy_world.train_path), config, tokenizer, TOY_SYSTEM_PROMPT, "train", limit=8)
-    roles = build_rollout_roles(config, str(toy_world.policy_dir), None)
-    learner = PolicyLearner(toy_world.policy_dir, config, world_size=1, rank=0)
+    problems, _ = load_tokenized_problems(str(toy_world.train_path), base, tokenizer, TOY_SYSTEM_PROMPT, "train", limit=8)
+    roles = build_rollout_roles(base, str(toy_world.policy_dir), None)
     try:
-        # Move the learner's weights off the checkpoint the engine loaded, so the match below
-        # can only come from the in-place sync (tied embeddings and head included).
-        generator = torch.Generator().manual_seed(0)
-        with torch.no_grad():
-            for parameter in learner.module.parameters():
-                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
-        roles.publish_weights(1, learner.export_weights())
-        plan = RolloutPlan(step=1, seed=0, n_on_policy=4, n_mixed=0, max_new_tokens=64, temperature=temperature, top_p=1.0,
-                           entropy_threshold=1.0, alpha=0.0, weights_version=1)
-        rows = run_rollout([PromptRecord(i, p.problem_id, p.answer, p.prompt_token_ids) for i, p in enumerate(problems)], plan, roles).rows
-        samples = [TrainingSample(list(r["prompt_token_ids"]), list(r["response_token_ids"]), 0.0, False, r["prompt_index"]) for r in rows]
-        old_log_probs, _ = learner.compute_old_log_probs(samples)
-        differences = [
-            float((lp - torch.tensor(r["behaviour_log_probs"], dtype=torch.float32)).abs().max())
-            for lp, r in zip(old_log_probs, rows)
-        ]
-        # fp32 on CPU: vLLM and transformers kernels differ by summation order only.
-        assert max(differences) < 1e-3, max(differences)
-        ratios = torch.cat([torch.exp(lp - torch.tensor(r["behaviour_log_probs"])) for lp, r in zip(old_log_probs, rows)])
-        assert float((ratios - 1).abs().max()) < 1e-3
+        for version, temperature in enumerate((1.0, 0.7), start=1):
+            config = _config(Path("/tmp"), "rollout.n_mixed=0", "model.expert_path=null", f"rollout.temperature={temperature}")
+            learner = PolicyLearner(toy_world.policy_dir, config, world_size=1, rank=0)
+            # Move the learner's weights off the checkpoint the engine loaded (differently for
+            # each temperature), so the match below can only come from the in-place sync (tied
+            # embeddings and head included).
+            generator = torch.Generator().manual_seed(version)
+            with torch.no_grad():
+                for parameter in learner.module.parameters():
+                    parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.02)
+            roles.publish_weights(version, learner.export_weights())
+            plan = RolloutPlan(step=version, seed=0, n_on_policy=4, n_mixed=0, max_new_tokens=64, temperature=temperature,
+                               top_p=1.0, entropy_threshold=1.0, alpha=0.0, weights_version=version)
+            rows = run_rollout([PromptRecord(i, p.problem_id, p.answer, p.prompt_token_ids) for i, p in enumerate(problems)], plan, roles).rows
+            samples = [TrainingSample(list(r["prompt_token_ids"]), list(r["response_token_ids"]), 0.0, False, r["prompt_index"]) for r in rows]
+            old_log_probs, _ = learner.compute_old_log_probs(samples)
+            differences = [
+                float((lp - torch.tensor(r["behaviour_log_probs"], dtype=torch.float32)).abs().max())
+                for lp, r in zip(old_log_probs, rows)
+            ]
+            # fp32 on CPU: vLLM and transformers kernels differ by summation order only.
+            assert max(differences) < 1e-3, (temperature, max(differences))
+            ratios = torch.cat([torch.exp(lp - torch.tensor(r["behaviour_log_probs"])) for lp, r in zip(old_log_probs, rows)])
+            assert float((ratios - 1).abs().max()) < 1e-3, temperature
     finally:
         roles.shutdown()
 
