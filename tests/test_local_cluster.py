@@ -24,7 +24,6 @@ from pipelines.local_cluster import (
     DEFAULT_CPUS,
     LABEL_KEY,
     PORT_REGISTRY,
-    LocalCluster,
     _alive,
     _fd_targets,
     _under,
