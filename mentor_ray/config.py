@@ -459,6 +459,10 @@ def _coerce(value: Any, annotation: Any, key: str, errors: list[str]) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _problem(errors, key, value, "must be a number")
             return value
+        if not math.isfinite(value):
+            # YAML reads .inf and .nan as numbers; no setting of a run means either.
+            _problem(errors, key, value, "must be a finite number")
+            return value
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -487,6 +491,25 @@ def _build(cls: type, data: dict[str, Any], prefix: str, errors: list[str]) -> A
         else:
             kwargs[key] = _coerce(value, annotation, dotted, errors)
     return cls(**kwargs)
+
+
+def config_key_problem(dotted_key: str) -> str | None:
+    """None if `dotted_key` names a setting of MentorConfig, else what is wrong with it (the
+    first part that is unknown, with the closest name)."""
+    cls: Any = MentorConfig
+    parts = dotted_key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+        prefix = ".".join(parts[:i])
+        if part not in fields:
+            options = sorted(fields)
+            suggestion = difflib.get_close_matches(part, options, n=1)
+            hint = f"; did you mean {'.'.join([*parts[:i], suggestion[0]])}?" if suggestion else f" (allowed under {prefix or 'the top level'}: {options})"
+            return f"{dotted_key}: unknown config key{hint}"
+        cls = typing.get_type_hints(cls)[part]
+    if dataclasses.is_dataclass(cls):
+        return f"{dotted_key}: a section, not a setting"
+    return None
 
 
 def set_dotted(tree: dict[str, Any], dotted_key: str, value: Any) -> None:

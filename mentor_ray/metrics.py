@@ -25,6 +25,47 @@ KEYWORDS = ("verify", "check", "wait", "okay")
 _KEYWORD_PATTERNS = {word: re.compile(rf"\b{word}\b", re.IGNORECASE) for word in KEYWORDS}
 
 
+# The names a step's report can hold, for checking a sweep's objective and ASHA metric before
+# any trial runs (tests/test_plan.py checks a real run's metrics.jsonl against them).
+STEP_METRICS = frozenset(
+    [f"guidance/{name}" for name in ("alpha", "entropy_threshold")]
+    + [f"objective/{name}" for name in ("running_accuracy", "val_accuracy")]
+    + [f"rollout/{name}" for name in (
+        "accuracy", "dropped_prompts", "entropy_mean", "entropy_p95", "format_rate", "full_expert_share",
+        "mixture_weight_mean", "response_length", "reward", "truncated_rate",
+    )]
+    + [f"rollout/{kind}_{name}" for kind in ("on_policy", "mixed")
+       for name in ("accuracy", "format_rate", "response_length", "reward", "samples")]
+    + [f"sync/{name}" for name in (
+        "engine_fetch_seconds_max", "engine_load_seconds_max", "engine_weights_version_max", "engine_weights_version_min",
+    )]
+    + [f"time/{name}" for name in (
+        "engine_busy_seconds", "export_seconds", "grading_busy_seconds", "learn_seconds", "old_log_prob_seconds",
+        "orchestration_seconds", "orchestration_share", "rollout_fetch_seconds_max", "rollout_overhead_seconds",
+        "rollout_seconds", "rollout_tokens_per_second", "rollout_work_seconds", "step_seconds", "sync_seconds",
+        "update_seconds", "validate_seconds",
+    )]
+    + [f"train/{name}" for name in (
+        "behaviour_log_prob_gap_max", "clip_high_fraction", "clip_low_fraction", "dual_clip_fraction",
+        "empty_mini_batches", "entropy_mean", "grad_norm", "loss", "lr", "optimizer_steps", "skipped_updates", "tokens",
+    )]
+    + [f"transfer/{name}" for name in (
+        "rollout_bytes", "rollout_bytes_per_rank_max", "weights_bytes", "weights_bytes_to_engines",
+    )]
+)
+# Families whose last part varies: habit keywords, grading statuses, validation modes.
+STEP_METRIC_PATTERNS = (
+    re.compile(rf"rollout/(on_policy|mixed)_keyword_({'|'.join(KEYWORDS)})"),
+    re.compile(r"reward/grading_\w+"),
+    re.compile(r"val/(greedy|sampled)_\w+"),
+    re.compile(r"time/validate_(greedy|sampled)_seconds"),
+)
+
+
+def is_step_metric(name: str) -> bool:
+    return name in STEP_METRICS or any(pattern.fullmatch(name) for pattern in STEP_METRIC_PATTERNS)
+
+
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
     return float(np.mean(values)) if values else float("nan")

@@ -192,6 +192,14 @@ def resolve_model_dir(path: str, key: str) -> str:
     return folder
 
 
+def local_model_config(reference: str) -> Path | None:
+    """The config.json of a model named by a path or toy:// item, where one is on this machine;
+    None for a name only a model hub knows."""
+    folder = _resolve(reference, "model")
+    config_json = Path(folder) / "config.json" if folder else None
+    return config_json if config_json is not None and config_json.is_file() else None
+
+
 def resolve_run_paths(config: MentorConfig, run_dir: str) -> RunPaths:
     system_prompt = config.data.system_prompt
     if config.data.system_prompt_preset is not None:

@@ -16,10 +16,13 @@ import dataclasses
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from mentor_ray.benchmarks import BENCHMARKS
 from mentor_ray.config import ConfigError, load_config
+from pipelines.plan import check_model_lengths
+from pipelines.train import LOG_NOTE
 
 CHOICE_GRADER = "mentor_ray.benchmarks:grade_choice"
 
@@ -30,6 +33,20 @@ def _model_dir(model: str) -> str:
     if (path / "final_model" / "config.json").is_file():
         return str(path / "final_model")
     return model
+
+
+def lengths_from_model(model: str) -> tuple[str, ...]:
+    """Without a training config, the engine's context is the model's own (capped at the
+    default config's): a quarter for the prompt, the rest for the response."""
+    from mentor_ray.config import MentorConfig
+    from mentor_ray.model_shapes import model_shape
+
+    default = MentorConfig()
+    positions = model_shape(_model_dir(model), "--model").max_positions
+    if not positions or positions >= default.model.max_model_len:
+        return ()
+    prompt = min(default.data.max_prompt_tokens, positions // 4)
+    return (f"model.max_model_len={positions}", f"data.max_prompt_tokens={prompt}", f"rollout.max_response_tokens={positions - prompt}")
 
 
 def _tokenized(problems, tokenizer, system_prompt: str, max_prompt_tokens: int):
@@ -49,13 +66,12 @@ def evaluate(model: str, benchmarks: list[str], out_dir: Path, *, config_file: s
              say=None, verbose: bool = False) -> dict[str, dict]:
     import ray
     import ray.data
-
-    from pipelines.console import DriverConsole
     from transformers import AutoTokenizer
 
     from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
     from mentor_ray.run_inputs import TOY_SCHEME, resolve_model_dir
     from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
+    from pipelines.console import DriverConsole
     from pipelines.evaluation import score_problems
     from pipelines.roles import build_rollout_roles, start_reward_actor
     from pipelines.train import connect_ray
@@ -63,7 +79,14 @@ def evaluate(model: str, benchmarks: list[str], out_dir: Path, *, config_file: s
     unknown = [b for b in benchmarks if b not in BENCHMARKS]
     if unknown:
         raise ConfigError(f"--benchmarks: unknown {unknown}; known: {sorted(BENCHMARKS)}")
-    config = load_config(config_file, [*overrides, f"model.policy_path={model}", "rollout.n_mixed=0", "logging.run_root=" + str(out_dir)])
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: must be a positive number of problems")
+    if samples is not None and samples < 1:
+        raise ConfigError(f"--samples {samples}: must be a positive number of samples per problem")
+    from_model = () if config_file else lengths_from_model(model)
+    config = load_config(config_file, [*from_model, *overrides, f"model.policy_path={model}", "rollout.n_mixed=0",
+                                       "logging.run_root=" + str(out_dir)])
+    check_model_lengths(config)
     policy_dir = resolve_model_dir(_model_dir(config.model.policy_path), "--model")
     if config.data.system_prompt is not None:
         system_prompt = config.data.system_prompt
@@ -78,46 +101,52 @@ def evaluate(model: str, benchmarks: list[str], out_dir: Path, *, config_file: s
     console.quiet_libraries()
     say = say or console.say
     say(f"evaluating {policy_dir} on {', '.join(benchmarks)} | out {out_dir} | log {out_dir / 'run.log'}")
-    connect_ray(config, log_to_driver=console.log_to_driver)
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    roles = build_rollout_roles(config, policy_dir, None)
-    choice_roles = None
-    results: dict[str, dict] = {}
     try:
-        with (out_dir / "generations.jsonl").open("w") as generations:
-            for name in benchmarks:
-                benchmark = BENCHMARKS[name]
-                report = benchmark.load((files or {}).get(name))
-                problems, too_long = _tokenized(report.problems, tokenizer, system_prompt, config.data.max_prompt_tokens)
-                problems = problems[:limit] if limit else problems  # the first N that fit
-                n = samples or benchmark.protocol.samples
-                temperature = benchmark.protocol.temperature if n == benchmark.protocol.samples else (0.0 if n == 1 else benchmark.protocol.temperature or 0.6)
-                use = roles
-                if benchmark.answer_type == "choice":
-                    choice_roles = choice_roles or dataclasses.replace(roles, reward_actors=[start_reward_actor(config, CHOICE_GRADER)])
-                    use = choice_roles
-                started = time.perf_counter()
-                scored = score_problems(problems, use, samples=n, temperature=temperature,
-                                        max_new_tokens=config.rollout.max_response_tokens, seed=config.seed)
-                ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
-                results[name] = {
-                    "accuracy": scored.accuracy, "protocol": f"avg@{n}, T={temperature:g}" if temperature else "greedy pass@1",
-                    "problems": len(scored.counts), "too_long_skipped": too_long, "bad_references": scored.output.bad_reference_problems,
-                    "pass_at_k": {str(k): v for k, v in scored.pass_at(ks).items()}, "seconds": time.perf_counter() - started,
-                }
-                for row in scored.output.rows:
-                    generations.write(json.dumps({
-                        "benchmark": name, "problem_id": row["problem_id"], "sample": int(row["sample_index"]),
-                        "response": row["response_text"], "answer": row["answer"], "accuracy": float(row["accuracy"]),
-                        "status": row["grading_status"],
-                    }) + "\n")
-                say(f"{name}: {100 * scored.accuracy:.1f} ({results[name]['protocol']}, {len(scored.counts)} problems, {results[name]['seconds']:.0f} s)")
+        connect_ray(config, log_to_driver=console.log_to_driver)
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        roles = build_rollout_roles(config, policy_dir, None)
+        choice_roles = None
+        results: dict[str, dict] = {}
+        try:
+            with (out_dir / "generations.jsonl").open("w") as generations:
+                for name in benchmarks:
+                    benchmark = BENCHMARKS[name]
+                    report = benchmark.load((files or {}).get(name))
+                    problems, too_long = _tokenized(report.problems, tokenizer, system_prompt, config.data.max_prompt_tokens)
+                    problems = problems[:limit] if limit else problems  # the first N that fit
+                    n = samples or benchmark.protocol.samples
+                    temperature = benchmark.protocol.temperature if n == benchmark.protocol.samples else (0.0 if n == 1 else benchmark.protocol.temperature or 0.6)
+                    use = roles
+                    if benchmark.answer_type == "choice":
+                        choice_roles = choice_roles or dataclasses.replace(roles, reward_actors=[start_reward_actor(config, CHOICE_GRADER)])
+                        use = choice_roles
+                    started = time.perf_counter()
+                    scored = score_problems(problems, use, samples=n, temperature=temperature,
+                                            max_new_tokens=config.rollout.max_response_tokens, seed=config.seed)
+                    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
+                    results[name] = {
+                        "accuracy": scored.accuracy, "protocol": f"avg@{n}, T={temperature:g}" if temperature else "greedy pass@1",
+                        "problems": len(scored.counts), "too_long_skipped": too_long, "bad_references": scored.output.bad_reference_problems,
+                        "pass_at_k": {str(k): v for k, v in scored.pass_at(ks).items()}, "seconds": time.perf_counter() - started,
+                    }
+                    for row in scored.output.rows:
+                        generations.write(json.dumps({
+                            "benchmark": name, "problem_id": row["problem_id"], "sample": int(row["sample_index"]),
+                            "response": row["response_text"], "answer": row["answer"], "accuracy": float(row["accuracy"]),
+                            "status": row["grading_status"],
+                        }) + "\n")
+                    say(f"{name}: {100 * scored.accuracy:.1f} ({results[name]['protocol']}, {len(scored.counts)} problems, {results[name]['seconds']:.0f} s)")
+        finally:
+            roles.shutdown()
+            if choice_roles is not None:
+                for actor in choice_roles.reward_actors:
+                    ray.kill(actor)
+            write_tables(results, out_dir)
+    except Exception as error:
+        traceback.print_exc()  # into run.log while the libraries are quiet
+        error.add_note(f"{LOG_NOTE}{out_dir / 'run.log'}")
+        raise
     finally:
-        roles.shutdown()
-        if choice_roles is not None:
-            for actor in choice_roles.reward_actors:
-                ray.kill(actor)
-        write_tables(results, out_dir)
         console.close()
     return results
 
@@ -185,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        from pipelines.train import failure_line
+
+        print(f"error: {failure_line(error)}", file=sys.stderr)
+        return 1
     print(f"results: {args.out / 'results.md'}")
     return 0
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 RECIPES = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = RECIPES / "toy_mentor.yaml"
+LOG_NOTE = "run log: "
 
 
 @dataclass
@@ -74,7 +77,7 @@ def _warm_up_quietly() -> None:
 
     try:
         warm_up_stage_workers()
-    except Exception:  # noqa: BLE001 - only a head start; the first step does the same work anyway
+    except Exception:
         pass
 
 
@@ -88,6 +91,21 @@ def _start_line(config, run_dir: str, paths, log_file: Path) -> str:
         f"{config.rollout.prompts_per_step} prompts x {config.rollout.n_on_policy}+{config.rollout.n_mixed} | "
         f"setting up {engines} engines, {config.scaling.num_learner_workers} DeepSpeed learner(s) | log {log_file}"
     )
+
+
+def failure_line(error: BaseException) -> str:
+    """One line for a failure after start-up (an engine or learner that failed): the innermost
+    cause's type and first line, and where the whole traceback is."""
+    log = next((note[len(LOG_NOTE):] for note in getattr(error, "__notes__", ()) if note.startswith(LOG_NOTE)), None)
+    while isinstance(getattr(error, "cause", None), BaseException) or error.__cause__ is not None:
+        error = error.cause if isinstance(getattr(error, "cause", None), BaseException) else error.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if type(error).__module__.startswith("ray.") and lines:
+        # Ray's own errors wrap the actor's traceback; its last "SomeError: message" says what.
+        raised = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+        return f"{type(error).__name__}: {(raised or lines)[-1]}" + (f" (traceback in {log})" if log else "")
+    where = f" (traceback in {log})" if log else ""
+    return f"{type(error).__name__}: {lines[0] if lines else 'no message'}{where}"
 
 
 def summary_line(summary: RunSummary) -> str:
@@ -130,6 +148,7 @@ def run_training(
     nan_loss_at_steps: tuple[int, ...] = (),
     shard_record_dir: str | None = None,
     verbose: bool = False,
+    cluster_file: str | None = None,
 ) -> RunSummary:
     """One whole loop from a typed config; returns its summary. The CLI and a Tune trial both
     call this. A loop that stops itself (too many NaN updates) returns too, with
@@ -140,13 +159,17 @@ def run_training(
     shard_record_dir: inspection for tests: each learner rank appends the samples it trained on
         to `rank<r>.jsonl` there.
     verbose: library logs on the console instead of the run folder's run.log.
+    cluster_file: the Ray cluster file a GPU recipe is planned on (pipelines.plan; default the
+        repository's cluster.yaml).
     """
     from mentor_ray import storage
     from mentor_ray.config import save_config
     from mentor_ray.run_inputs import make_run_dir, resolve_run_paths
     from pipelines.console import RUN_LOG_FILE, DriverConsole
+    from pipelines.plan import check_plan
 
     started = time.perf_counter()
+    check_plan(config, cluster_file)  # a recipe that cannot fit, refused before anything starts
     resume_from = find_checkpoint(config.checkpoint.resume_from) if config.checkpoint.resume_from else None
     run_dir = make_run_dir(config)
     paths = resolve_run_paths(config, run_dir)
@@ -161,6 +184,7 @@ def run_training(
     # A run that is killed (a sweep's scheduler stops trials that way) never reaches `finally`:
     # the staged log is mirrored every so often, so the run folder keeps most of it.
     mirror = StagingMirror(local_dir, run_dir) if on_storage else None
+    log_file = storage.join(run_dir, RUN_LOG_FILE)
     try:
         summary = _run(
             config, run_dir, paths, resume_from, console, ray_address, tuple(callbacks), nan_loss_at_steps,
@@ -169,6 +193,10 @@ def run_training(
         if summary.stopped is not None:
             console.say(f"stopped: {summary.stopped}; run folder {summary.run_dir}")
         return summary
+    except Exception as error:
+        traceback.print_exc()  # into run.log: the driver's standard error is there while quiet
+        error.add_note(f"{LOG_NOTE}{log_file}")
+        raise
     finally:
         console.close()
         if mirror is not None:
@@ -295,15 +323,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grpo", action="store_true", help="the on-policy GRPO baseline: rollout.n_mixed=0")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
     parser.add_argument("--verbose", action="store_true", help="show library logs (Ray, vLLM, DeepSpeed) on the console")
+    parser.add_argument("--cluster", default=None, help="Ray cluster file a GPU recipe is planned on (default: cluster.yaml)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. guidance.entropy_quantile=0.9")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + (["rollout.n_mixed=0"] if args.grpo else [])
     try:
         config = load_config(args.config, overrides)
-        summary = run_training(config, ray_address=args.address, verbose=args.verbose)
+        summary = run_training(config, ray_address=args.address, verbose=args.verbose, cluster_file=args.cluster)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        print(f"error: {failure_line(error)}", file=sys.stderr)
+        return 1
     if summary.stopped is not None:
         return 1
     print(summary_line(summary), flush=True)

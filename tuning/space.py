@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -40,7 +41,16 @@ from typing import Any
 
 import yaml
 
-from mentor_ray.config import ConfigError, MentorConfig, config_from_dict, load_config_tree, set_dotted
+from mentor_ray.config import (
+    ConfigError,
+    MentorConfig,
+    config_from_dict,
+    config_key_problem,
+    load_config_tree,
+    set_dotted,
+)
+from mentor_ray.metrics import STEP_METRICS, is_step_metric
+from pipelines.plan import check_plan
 
 GUIDANCE_RATIO = "rollout.guidance_ratio"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
@@ -135,6 +145,10 @@ def _fail(source: str, problems: list[str]) -> ConfigError:
 
 
 def _parameter(key: str, spec: Any, problems: list[str]) -> Parameter | None:
+    unknown = config_key_problem(key) if key != GUIDANCE_RATIO else None
+    if unknown:
+        problems.append(f"parameters.{unknown}")
+        return None
     if not isinstance(spec, dict):
         problems.append(f"parameters.{key}: must be a mapping such as {{uniform: [0.8, 0.99]}}")
         return None
@@ -394,7 +408,9 @@ def check_sweep(spec: SweepSpec) -> SweepSpec:
     for parameter in spec.parameters:
         for value in parameter.values:  # a range's ends, or every item of a choice
             try:
-                trial_config(spec, {parameter.key: value})
+                # Each end must also fit the cluster (a swept length or batch can push a
+                # trial past its GPUs' memory): the plan of pipelines.plan, per value.
+                check_plan(trial_config(spec, {parameter.key: value}))
             except ConfigError as error:
                 shown = f"{value} (x ln V = {scaled(spec, parameter, value):.3f})" if parameter.times else repr(value)
                 reason = str(error).split("\n", 1)[-1].strip()
@@ -411,6 +427,11 @@ def check_sweep(spec: SweepSpec) -> SweepSpec:
         except ConfigError as error:
             problems.append(f"points_to_evaluate[{i}] {point}: refused by the run config: {str(error).split(chr(10), 1)[-1].strip()}")
     metrics = [o.metric for o in spec.search.objectives] + ([spec.asha.metric] if spec.asha else [])
+    for where, metric in [("search.objectives", o.metric) for o in spec.search.objectives] + ([("asha.metric", spec.asha.metric)] if spec.asha else []):
+        if not is_step_metric(metric):
+            close = difflib.get_close_matches(metric, sorted(STEP_METRICS), n=1)
+            problems.append(f"{where}: {metric!r} is not a metric the loop reports"
+                            + (f"; did you mean {close[0]}?" if close else " (see mentor_ray/metrics.py STEP_METRICS)"))
     if "objective/val_accuracy" in metrics and not (base.eval.every_steps and base.data.eval_path):
         problems.append("search.objectives: objective/val_accuracy needs validation (eval.every_steps > 0 and data.eval_path)")
     if spec.asha is not None and spec.asha.grace_period > base.total_steps:

@@ -23,6 +23,29 @@ GRADING_STATUSES: tuple[str, ...] = ("ok", "no_answer", "timeout", "error", "bad
 # ----------------------------------------------------------------------------------------------
 # Accuracy with math-verify (in-process; unbounded time: use RewardGrader for untrusted text)
 # ----------------------------------------------------------------------------------------------
+def _braces_balance(text: str) -> bool:
+    """Whether every unescaped `{` is closed in order: math-verify reads `\\frac{` as some
+    string and reports it parsed, so a cut-off reference would grade every answer as wrong."""
+    depth, escaped = 0, False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth < 0:
+                return False
+    return depth == 0
+
+
+def _parseable(reference: str) -> bool:
+    # A boxed reference is read through its last box, which the box scanner closes itself.
+    return extract_last_boxed(reference) is not None or _braces_balance(reference)
+
+
 def _reference_as_latex(reference: str) -> str:
     # A reference that already carries its own \boxed (a MATH solution) is parsed as is;
     # a bare answer ("\frac{1}{2}", "0.5", "(3, \pi/2)") is boxed so the LaTeX extractor
@@ -63,7 +86,7 @@ def grade_accuracy(response: str, reference: str) -> tuple[float, str]:
     )
     if not predicted:
         return 0.0, "no_answer"
-    gold = parse(_reference_as_latex(reference), extraction_config=latex_only, parsing_timeout=None)
+    gold = parse(_reference_as_latex(reference), extraction_config=latex_only, parsing_timeout=None) if _parseable(reference) else None
     if not gold:
         return 0.0, "bad_reference"
     matched = verify(gold, predicted, timeout_seconds=None)
