@@ -505,7 +505,7 @@ def config_key_problem(dotted_key: str) -> str | None:
             options = sorted(fields)
             suggestion = difflib.get_close_matches(part, options, n=1)
             hint = f"; did you mean {'.'.join([*parts[:i], suggestion[0]])}?" if suggestion else f" (allowed under {prefix or 'the top level'}: {options})"
-            return f"{dotted_key}: unknown config key{hint}"
+            return f"{dotted_key}: unknown key{hint}"
         cls = typing.get_type_hints(cls)[part]
     if dataclasses.is_dataclass(cls):
         return f"{dotted_key}: a section, not a setting"

@@ -204,13 +204,22 @@ def test_input_problems_are_one_line_errors_before_any_engine_starts(tmp_path, c
         load_config(None, ["guidance.tau_floor=.nan"])
 
 
+def test_evaluation_without_a_config_takes_its_lengths_from_the_model():
+    from pipelines.evaluate import lengths_from_model
+
+    # The toy policy has 512 positions: a quarter for the prompt, the rest for the response.
+    assert lengths_from_model("toy://policy") == (
+        "model.max_model_len=512", "data.max_prompt_tokens=128", "rollout.max_response_tokens=384")
+    assert lengths_from_model("Qwen/Qwen2.5-7B") == ()  # longer than the default context: the defaults stand
+
+
 def test_sweep_files_with_a_misspelt_key_or_an_unreported_metric_are_refused(tmp_path):
     from tuning.space import check_sweep, load_sweep
 
     text = (REPO / "tuning/sweeps/toy.yaml").read_text().replace("../../pipelines", str(REPO / "pipelines"))
     misspelt = tmp_path / "misspelt.yaml"
     misspelt.write_text(text.replace("guidance.alpha_0: {uniform", "guidance.alpha0: {uniform"))
-    with pytest.raises(ConfigError, match=r"parameters.guidance.alpha0: unknown config key; did you mean guidance.alpha_0\?"):
+    with pytest.raises(ConfigError, match=r"parameters.guidance.alpha0: unknown key; did you mean guidance.alpha_0\?"):
         load_sweep(misspelt)
     metric = tmp_path / "metric.yaml"
     metric.write_text(text.replace("metric: objective/val_accuracy", "metric: objective/val_accuarcy")
