@@ -216,6 +216,10 @@ class ScalingConfig:
     # worker processes, and Ray Data stage tasks re-import torch in each one it has to start.
     # None: leave Ray's detection alone.
     local_num_cpus: int | None = 16
+    # Seconds to wait, before anything starts, for nodes the run needs that are not up yet: an
+    # autoscaling cluster (`ray up cluster.yaml` starts the head alone) brings GPU workers when
+    # asked. 0: refuse at once a cluster without room or without the placement's labels.
+    wait_for_nodes_s: float = 0.0
 
     def check(self, errors: list[str], prefix: str) -> None:
         for name in ("num_policy_engines", "num_learner_workers", "gpus_per_engine"):
@@ -223,6 +227,8 @@ class ScalingConfig:
                 _problem(errors, f"{prefix}.{name}", getattr(self, name), "must be >= 1")
         if self.num_mixed_engines < 0:
             _problem(errors, f"{prefix}.num_mixed_engines", self.num_mixed_engines, "must be >= 0")
+        if self.wait_for_nodes_s < 0:
+            _problem(errors, f"{prefix}.wait_for_nodes_s", self.wait_for_nodes_s, "must be >= 0")
         for name in ("engine_threads", "learner_threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 _problem(errors, f"{prefix}.{name}", getattr(self, name), "must be >= 1, or null for the cores shared out")

@@ -84,7 +84,7 @@ def evaluate(model: str, benchmarks: list[str], out_dir: Path, *, config_file: s
     if samples is not None and samples < 1:
         raise ConfigError(f"--samples {samples}: must be a positive number of samples per problem")
     from_model = () if config_file else lengths_from_model(model)
-    config = load_config(config_file, [*from_model, *overrides, f"model.policy_path={model}", "rollout.n_mixed=0",
+    config = load_config(config_file, [*from_model, *overrides, f"model.policy_path={_model_dir(model)}", "rollout.n_mixed=0",
                                        "logging.run_root=" + str(out_dir)])
     check_model_lengths(config)
     policy_dir = resolve_model_dir(_model_dir(config.model.policy_path), "--model")

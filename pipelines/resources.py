@@ -10,6 +10,8 @@ preflight checks that labelled nodes exist with room for their role (`check_plac
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,3 +126,49 @@ def check_placement(config: MentorConfig, nodes: list[dict[str, Any]]) -> None:
                 f"placement.{role}={selector}: the {role} need {cpus:g} CPUs and {gpus:g} GPUs; the matching "
                 f"{len(matching)} node(s) have {have_cpus:g} CPUs and {have_gpus:g} GPUs"
             )
+
+
+def resource_bundles(config: MentorConfig) -> tuple[list[dict[str, float]], list[dict[str, str]]]:
+    """The resource shapes of the run's engines and learners, with their label selectors, as
+    the autoscaler is asked for them."""
+    scaling = config.scaling
+    needs = run_needs(config)
+    engine = {"CPU": scaling.cpus_per_engine, **({"GPU": float(scaling.gpus_per_engine)} if scaling.use_gpu else {})}
+    learner = {"CPU": scaling.cpus_per_learner_worker, **({"GPU": 1.0} if scaling.use_gpu else {})}
+    bundles = [engine] * needs.engines + [learner] * needs.learners
+    selectors = [dict(config.placement.engines)] * needs.engines + [dict(config.placement.learners)] * needs.learners
+    return bundles, selectors
+
+
+def check_cluster(config: MentorConfig, ray_module: Any) -> None:
+    check_fits(config, ray_module.cluster_resources())
+    check_placement(config, ray_module.nodes())
+
+
+def wait_for_room(config: MentorConfig, ray_module: Any, say: Callable[[str], None], poll_s: float = 5.0) -> None:
+    """Refuse, before any work, a cluster that cannot run the config; with
+    `scaling.wait_for_nodes_s`, first ask the autoscaler for the run's resources and wait that
+    long for them (a cluster without an autoscaler ignores the request)."""
+    try:
+        check_cluster(config, ray_module)
+        return
+    except ConfigError as missing:
+        wait_s = config.scaling.wait_for_nodes_s
+        if wait_s <= 0:
+            raise
+        last = missing
+    from ray.autoscaler.sdk import request_resources
+
+    bundles, selectors = resource_bundles(config)
+    request_resources(bundles=bundles, bundle_label_selectors=selectors if any(selectors) else None)
+    say(f"waiting up to {wait_s:.0f} s for nodes (scaling.wait_for_nodes_s): {last}")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        try:
+            check_cluster(config, ray_module)
+            say("nodes are up")
+            return
+        except ConfigError as still:
+            last = still
+    raise ConfigError(f"{last} (still, after waiting {wait_s:.0f} s: scaling.wait_for_nodes_s)")

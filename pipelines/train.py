@@ -36,14 +36,6 @@ class RunSummary:
     stopped: str | None = None
 
 
-def _preflight(config, ray_module) -> None:
-    """Refuse, before any work, a config the cluster cannot run."""
-    from pipelines.resources import check_fits, check_placement
-
-    check_fits(config, ray_module.cluster_resources())
-    check_placement(config, ray_module.nodes())
-
-
 def find_checkpoint(path: str) -> str:
     """A checkpoint folder, or the newest checkpoint under a run folder (local path or URI)."""
     from mentor_ray import storage
@@ -240,6 +232,7 @@ def _run(
     from mentor_ray.plots import plot_runs
     from mentor_ray.run_inputs import load_tokenized_problems
     from pipelines.loop import FINAL_MODEL_FOLDER, STOP_FILE, train_loop_per_worker
+    from pipelines.resources import wait_for_room
     from pipelines.roles import build_rollout_roles, process_whereabouts
 
     tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
@@ -256,7 +249,7 @@ def _run(
     connect_ray(config, ray_address, log_to_driver=console.log_to_driver)
     if not storage.is_uri(run_dir):
         console.link_ray_logs()  # a link in a staging folder would upload Ray's session logs
-    _preflight(config, ray)
+    wait_for_room(config, ray, console.say)  # a cluster that cannot run it, refused before any work
     # A reused run folder may hold an earlier run's stop marker; only this run's may count.
     storage.delete_file(storage.join(run_dir, STOP_FILE))
     roles = build_rollout_roles(config, paths.policy_ref, paths.expert_ref, wait=False)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,13 @@ def test_train_scaling_config_label_selector(cluster, tmp_path):
 
 
 def test_kill_node_then_add_node(cluster):
+    """A lost node and its replacement; a run waiting for nodes (scaling.wait_for_nodes_s, as on
+    an autoscaling cluster) starts once the replacement is up, and refuses at once without it."""
+    import threading
+
+    from mentor_ray.config import ConfigError, load_config
+    from pipelines.resources import wait_for_room
+
     learners = cluster.node("learners")
     raylet = learners.pid_of("raylet")
     assert raylet and _alive(process_table(), raylet)
@@ -227,7 +235,31 @@ def test_kill_node_then_add_node(cluster):
     assert learners.state == "killed"
     assert not {n["NodeID"]: n for n in ray.nodes()}[learners.node_id]["Alive"]
 
+    placed = [f"placement.learners={{{LABEL_KEY}: learners}}", "scaling.local_num_cpus=null"]
+    with pytest.raises(ConfigError, match=r"placement.learners=.*no alive node has these labels"):
+        wait_for_room(load_config(None, placed), ray, print)
+    lines: list[str] = []
+    with pytest.raises(ConfigError, match=r"no alive node has these labels.*still, after waiting 1 s"):
+        wait_for_room(load_config(None, [*placed, "scaling.wait_for_nodes_s=1"]), ray, lines.append, poll_s=0.2)
+    assert lines and lines[0].startswith("waiting up to 1 s for nodes")
+    waited: dict = {"lines": []}
+
+    def wait_for_learners():
+        try:
+            wait_for_room(load_config(None, [*placed, "scaling.wait_for_nodes_s=180"]), ray, waited["lines"].append, poll_s=0.5)
+            waited["ok"] = True
+        except Exception as error:  # noqa: BLE001 - reported by the asserts below
+            waited["error"] = error
+
+    waiter = threading.Thread(target=wait_for_learners, daemon=True)
+    waiter.start()
+    time.sleep(2)
+    assert waiter.is_alive(), waited  # still waiting: no learners node yet
+
     new = cluster.add_node("learners", timeout_s=120)
+    waiter.join(timeout=60)
+    assert waited.get("ok"), waited
+    assert waited["lines"][-1] == "nodes are up"
     assert new.name == "learners-2" and new.labels == {LABEL_KEY: "learners"}
     assert new.port_block != learners.port_block and new.node_id != learners.node_id
     alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}

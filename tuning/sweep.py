@@ -550,6 +550,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # noqa: BLE001 - a failure after start-up ends the console in one line
+        from pipelines.train import failure_line
+
+        print(f"error: {failure_line(error)}", file=sys.stderr)
+        return 1
     return 0
 
 
