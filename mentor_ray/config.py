@@ -82,8 +82,14 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_response_tokens: int = 8192
+    # Speculative sampling of pi_mix in the mixed engines (MENTOR.md section 4): the current
+    # policy drafts this many tokens, the mixture verifies them, exactly. 0: every token is a
+    # pass of both models. The CPU default is what benchmarks/bench_engines.py measured faster.
+    speculative_tokens: int = 0
 
     def check(self, errors: list[str], prefix: str) -> None:
+        if self.speculative_tokens < 0:
+            _problem(errors, f"{prefix}.speculative_tokens", self.speculative_tokens, "must be >= 0 (0: no drafting)")
         if self.prompts_per_step < 1:
             _problem(errors, f"{prefix}.prompts_per_step", self.prompts_per_step, "must be >= 1")
         if self.n_on_policy < 2:

@@ -31,7 +31,8 @@ STEP_METRICS = frozenset(
     [f"guidance/{name}" for name in ("alpha", "entropy_threshold")]
     + [f"objective/{name}" for name in ("running_accuracy", "val_accuracy")]
     + [f"rollout/{name}" for name in (
-        "accuracy", "dropped_prompts", "entropy_mean", "entropy_p95", "format_rate", "full_expert_share",
+        "accepted_draft_length", "accuracy", "composite_passes_per_token", "draft_acceptance_rate", "dropped_prompts",
+        "entropy_mean", "entropy_p95", "format_rate", "full_expert_share",
         "mixture_weight_mean", "response_length", "reward", "truncated_rate",
     )]
     + [f"rollout/{kind}_{name}" for kind in ("on_policy", "mixed")
@@ -109,10 +110,19 @@ def mixture_metrics(summary: dict[str, float]) -> dict[str, float]:
     positions = summary.get("scored_positions", 0.0)
     if positions <= 0:
         return {}
-    return {
+    metrics = {
         "rollout/mixture_weight_mean": summary["mixture_weight_sum"] / positions,
         "rollout/full_expert_share": summary["full_expert_positions"] / positions,
     }
+    passes = summary.get("verify_passes", 0.0)
+    if passes > 0:  # speculative mixed engine (rollout.speculative_tokens > 0)
+        accepted, rejections = summary["accepted_draft_tokens"], summary["draft_rejections"]
+        metrics["rollout/accepted_draft_length"] = accepted / passes
+        metrics["rollout/draft_acceptance_rate"] = accepted / (accepted + rejections) if accepted + rejections else 0.0
+        tokens = summary.get("mixed_generated_tokens", 0.0)
+        if tokens > 0:
+            metrics["rollout/composite_passes_per_token"] = passes / tokens
+    return metrics
 
 
 # Steps in the running mean of on-policy accuracy, the objective reported every step.

@@ -202,7 +202,9 @@ def plan_run(config: MentorConfig, cluster: ClusterSpec) -> RunPlan:
     roles[0].memory, roles[0].parts = learner.total, learner.parts()
     engine_kinds = [("policy engines", scaling.num_policy_engines, [policy], samples * config.rollout.n_on_policy)]
     if config.guided and expert is not None:
-        engine_kinds.append(("mixed engines", scaling.num_mixed_engines, [policy, expert], samples * config.rollout.n_mixed))
+        # With speculative sampling the mixed engine also holds the policy as its draft.
+        drafted = [policy] if config.rollout.speculative_tokens else []
+        engine_kinds.append(("mixed engines", scaling.num_mixed_engines, [policy, expert, *drafted], samples * config.rollout.n_mixed))
     engine_plans: list[tuple[RolePlan, list[ModelShape], int]] = []
     for name, count, shapes, sequences in engine_kinds:
         role = RolePlan(name, count, scaling.gpus_per_engine if on_gpu else 0, scaling.cpus_per_engine, dict(config.placement.engines))

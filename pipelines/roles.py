@@ -50,6 +50,10 @@ def process_whereabouts() -> dict[str, Any]:
             "pid": os.getpid(), "cwd": os.getcwd()}
 
 
+# EngineStats counters of speculative decoding a step reports (mentor_ray.metrics.mixture_metrics).
+SPECULATION_COUNTERS = ("verify_passes", "accepted_draft_tokens", "draft_rejections")
+
+
 class WeightStore:
     """The latest policy weights, as an object-store reference, and their version.
 
@@ -170,9 +174,15 @@ class RolloutEngineActor:
                 raise ValueError("a mixed engine needs the step's entropy_threshold")
             self.engine.set_entropy_threshold(entropy_threshold)
             self.engine.mixture_weight_summary(reset=True)
+        before = self.engine.stats()
         results = self.engine.generate(prompt_token_ids, spec)
         if isinstance(self.engine, MixedEngine):
             summary = self.engine.mixture_weight_summary(reset=True)
+            after = self.engine.stats()
+            # Speculative decoding's counters for this call (zero without drafting).
+            for name in SPECULATION_COUNTERS:
+                summary[name] = float(getattr(after, name) - getattr(before, name))
+            summary["mixed_generated_tokens"] = float(sum(len(r.response_token_ids) for r in results))
         return results, summary
 
 
@@ -270,6 +280,7 @@ def engine_settings(config: MentorConfig, seed_offset: int = 0) -> EngineSetting
         seed=config.seed + seed_offset,
         tensor_parallel_size=config.scaling.gpus_per_engine if config.scaling.use_gpu else 1,
         warm_up_sequences=prompts_per_call * max(config.rollout.n_on_policy, config.rollout.n_mixed),
+        speculative_tokens=config.rollout.speculative_tokens,  # the mixed engines' (a policy engine has no draft)
     )
 
 

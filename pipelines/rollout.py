@@ -112,6 +112,10 @@ def _request_generation(batch: pd.DataFrame, engines: list[Any], kind: str, plan
     return calls
 
 
+# A mixed engine call's speculative-decoding totals, carried like the mixture sums.
+CALL_TOTALS = ("verify_passes", "accepted_draft_tokens", "draft_rejections", "mixed_generated_tokens")
+
+
 def _collect_generation(batch: pd.DataFrame, kind: str, calls: list[tuple[int, Any]]) -> list[dict[str, Any]]:
     records = []
     for start, call in calls:
@@ -135,6 +139,7 @@ def _collect_generation(batch: pd.DataFrame, kind: str, calls: list[tuple[int, A
                     "mixture_weight_sum": summary.get("mixture_weight_sum", 0.0) if position == 0 else 0.0,
                     "full_expert_positions": summary.get("full_expert_positions", 0.0) if position == 0 else 0.0,
                     "scored_positions": summary.get("scored_positions", 0.0) if position == 0 else 0.0,
+                    **{name: summary.get(name, 0.0) if position == 0 else 0.0 for name in CALL_TOTALS},
                 }
             )
     return records
@@ -235,6 +240,7 @@ def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRo
         "mixture_weight_sum": float(frame["mixture_weight_sum"].sum()),
         "full_expert_positions": float(frame["full_expert_positions"].sum()),
         "scored_positions": float(frame["scored_positions"].sum()),
+        **{name: float(frame[name].sum()) for name in CALL_TOTALS},
     }
     generated = int(sum(len(r["response_token_ids"]) for r in rows))
     bad_references = sorted({str(v) for v in frame.loc[frame["grading_status"] == "bad_reference", "problem_id"]})

@@ -70,6 +70,12 @@ class EngineSettings:
     # costs real generation at real model sizes (85 s for 64 sequences at 135M on 2 cores).
     warm_up: bool = True
     warm_up_sequences: int | None = None
+    # Mixed engine only: draft K tokens with the current policy and verify them with the
+    # mixture (vLLM's draft-model speculative decoding; exact pi_mix). 0: no drafting.
+    speculative_tokens: int = 0
+    # "probabilistic": drafts sampled from the policy, accepted with min(1, pi_mix / pi_theta);
+    # "greedy": the policy's argmax drafted, accepted with probability pi_mix(draft).
+    draft_sample_method: str = "probabilistic"
 
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
@@ -78,6 +84,10 @@ class EngineSettings:
             raise ValueError(
                 f"EngineSettings.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}"
             )
+        if self.speculative_tokens < 0:
+            raise ValueError(f"EngineSettings.speculative_tokens must be >= 0, got {self.speculative_tokens}")
+        if self.draft_sample_method not in ("probabilistic", "greedy"):
+            raise ValueError(f"EngineSettings.draft_sample_method must be probabilistic or greedy, got {self.draft_sample_method!r}")
 
 
 @dataclass
@@ -94,6 +104,14 @@ class EngineStats:
     weight_updates: int = 0
     weight_update_seconds: float = 0.0
     last_weight_update_seconds: float = 0.0
+    # Speculative decoding (mixed engine with speculative_tokens > 0): target (composite)
+    # passes over the generated sequences, draft tokens proposed and accepted.
+    verify_passes: int = 0
+    draft_tokens: int = 0
+    accepted_draft_tokens: int = 0
+    # Verify passes that refused a draft token (the tokens after it are not tested): the
+    # per-position acceptance rate is accepted / (accepted + rejections).
+    draft_rejections: int = 0
 
     @property
     def generated_tokens_per_second(self) -> float:
@@ -196,6 +214,7 @@ class _VllmEngine:
         model_dir: str,
         settings: EngineSettings,
         hf_overrides: dict[str, Any] | None,
+        speculative_config: dict[str, Any] | None = None,
     ) -> None:
         from vllm import LLM
 
@@ -226,6 +245,8 @@ class _VllmEngine:
             hf_overrides=hf_overrides,
             # Log-probs after temperature (and top-p): of the distribution actually sampled.
             logprobs_mode="processed_logprobs",
+            **({"speculative_config": speculative_config, "per_request_spec_decode_metrics": "detailed"}
+               if speculative_config else {}),
         )
         if settings.warm_up:
             self._warm_up()
@@ -311,6 +332,7 @@ class _VllmEngine:
                 continue
             for completion in group:
                 tokens = list(completion.token_ids)
+                self._count_speculation(completion)
                 log_probs = [
                     float(step[token].logprob)
                     for step, token in zip(completion.logprobs, tokens, strict=True)
@@ -333,6 +355,17 @@ class _VllmEngine:
         self._stats.prompt_tokens += sum(len(prompt_token_ids[i]) for i in fitting)
         self._stats.generated_tokens += sum(len(r.response_token_ids) for r in results)
         return results
+
+    def _count_speculation(self, completion: Any) -> None:
+        metrics = getattr(completion, "spec_decode_metrics", None)
+        if metrics is None:
+            return
+        self._stats.verify_passes += sum(metrics.histogram)
+        self._stats.draft_tokens += metrics.num_draft_tokens
+        self._stats.accepted_draft_tokens += sum(j * count for j, count in enumerate(metrics.histogram))
+        self._stats.draft_rejections += sum(
+            accepted < drafted for accepted, drafted in zip(metrics.per_step_accepted, metrics.per_step_drafted, strict=True)
+        )
 
     def _decode(self, token_ids: list[list[int]]) -> list[str]:
         """Texts as vLLM's own detokenizer gives them (special tokens skipped, no clean-up)."""
@@ -454,7 +487,15 @@ class MixedEngine(_VllmEngine):
         check_same_vocabulary(policy_dir, expert_dir)
         policy_architectures = _model_config(policy_dir).get("architectures") or []
         overrides = mixed_engine_hf_overrides(policy_architectures, expert_dir, entropy_threshold)
-        super().__init__(policy_dir, settings or EngineSettings(), hf_overrides=overrides)
+        settings = settings or EngineSettings()
+        # The draft is the policy folder as a plain model (vLLM keeps dict hf_overrides off the
+        # draft); its weights follow the policy's at every update (MentorWorkerExtension).
+        speculative = (
+            {"method": "draft_model", "model": os.path.abspath(policy_dir),
+             "num_speculative_tokens": settings.speculative_tokens, "draft_sample_method": settings.draft_sample_method}
+            if settings.speculative_tokens else None
+        )
+        super().__init__(policy_dir, settings, hf_overrides=overrides, speculative_config=speculative)
         self.expert_dir = os.path.abspath(expert_dir)
         self.entropy_threshold = float(entropy_threshold)
         self.temperature = 1.0

@@ -271,6 +271,12 @@ class MentorWorkerExtension:
             raise ValueError(f"entropy_threshold must be > 0, got {entropy_threshold}")
         model.entropy_threshold = float(entropy_threshold)
 
+    def _mentor_draft_model(self) -> nn.Module | None:
+        """The speculative draft (the policy as a plain model), where the engine has one."""
+        runner = self.model_runner  # type: ignore[attr-defined]
+        proposer = getattr(runner, "drafter", None) or getattr(runner, "speculator", None)
+        return getattr(proposer, "model", None)
+
     def mentor_set_temperature(self, temperature: float) -> None:
         model = self._mentor_model()
         if not isinstance(model, MentorMixedForCausalLM):
@@ -278,6 +284,27 @@ class MentorWorkerExtension:
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         model.temperature = float(temperature)
+        draft = self._mentor_draft_model()
+        if draft is not None:
+            # Requests run at temperature 1 (the composite applies T itself), and vLLM divides
+            # draft logits by the request's temperature only: the draft's logits processor
+            # applies T, so drafts come from the policy at T, as the mixture's policy half.
+            processor = draft.logits_processor
+            if not hasattr(processor, "mentor_base_scale"):
+                processor.mentor_base_scale = float(processor.scale)
+            processor.scale = processor.mentor_base_scale / float(temperature)
+
+    def mentor_draft_weight_norms(self) -> tuple[float, float]:
+        """Sums of squares of the draft's and of the mixture's policy-half parameters, as vLLM
+        holds them (for tests: the draft follows the policy)."""
+        draft = self._mentor_draft_model()
+        if draft is None:
+            raise TypeError("this engine has no speculative draft")
+
+        def norm(module: nn.Module) -> float:
+            return float(sum(p.detach().double().pow(2).sum() for p in module.parameters()))
+
+        return norm(draft), norm(_reload_target(self._mentor_model()))
 
     def mentor_mixture_weight_summary(self, reset: bool = True) -> dict[str, float]:
         model = self._mentor_model()
@@ -300,25 +327,30 @@ class MentorWorkerExtension:
 
         if (named_tensors is None) == (weights_path is None):
             raise ValueError("pass exactly one of named_tensors and weights_path")
-        weights = (
-            iter(named_tensors) if named_tensors is not None else _iter_safetensors_folder(weights_path)
-        )
-        target = _reload_target(self._mentor_model())
+        weights = list(named_tensors) if named_tensors is not None else list(_iter_safetensors_folder(weights_path))
+        # The speculative draft is the policy too: it drafts with the weights being trained.
+        targets = [_reload_target(self._mentor_model()), self._mentor_draft_model()]
         vllm_config = self.vllm_config  # type: ignore[attr-defined]
         with set_current_vllm_config(vllm_config):
-            reload_weights(
-                vllm_config,
-                target,
-                weights_iterator=weights,
-                weights_path=None,
-                is_checkpoint_format=True,
-            )
-            _repack_tied_head(target)
+            for target in (t for t in targets if t is not None):
+                reload_weights(
+                    vllm_config,
+                    target,
+                    weights_iterator=iter(weights),
+                    weights_path=None,
+                    is_checkpoint_format=True,
+                )
+                _repack_tied_head(target)
 
 
 def register() -> None:
-    """`vllm.general_plugins` entry point: make the mixed architecture known to vLLM."""
+    """`vllm.general_plugins` entry point: make the mixed architecture known to vLLM, and
+    mend its CPU speculative sampling (`vllm_patches`)."""
     from vllm import ModelRegistry
+
+    from mentor_ray.rollout import vllm_patches
+
+    vllm_patches.apply()
 
     if MIXED_ARCHITECTURE not in ModelRegistry.get_supported_archs():
         # The class itself, not a lazy "module:Class" string: a string makes vLLM inspect the
