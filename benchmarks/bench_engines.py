@@ -274,6 +274,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rebuild-repeats", type=int, default=None,
                         help="engine rebuilds timed per engine (default: --repeats)")
     parser.add_argument("--toy-seed", type=int, default=0)
+    parser.add_argument("--speculative-tokens", type=int, nargs="+", default=None, metavar="K",
+                        help="instead: the mixed engine without drafting vs with K draft tokens, for each K")
     parser.add_argument("--max-num-seqs", type=int, default=None,
                         help="vLLM's max_num_seqs (default: EngineSettings' default, as the pipeline)")
     args = parser.parse_args()
@@ -319,6 +321,8 @@ def main() -> None:
         print(f"[{time.perf_counter() - run_started:6.1f}s load {loads[-1]:.2f}{share_text}] {message}",
               flush=True)
 
+    if args.speculative_tokens:
+        return speculation_main(args)
     if args.config:
         policy_dir, expert_dir, tokenizer, prompt_sets = load_recipe_prompt_sets(args.config, args.prompts, args.repeats + 1)
         source = f"recipe {args.config}"
@@ -446,6 +450,68 @@ def main() -> None:
           f"phase: {', '.join(f'{x:.2f}' for x in loads)}; cores used by other processes during "
           f"the run: {others_text} on average (per phase: {', '.join(f'{x:.2f}' for x in others)}); "
           f"total {total_seconds:.0f} s")
+
+
+def speculation_main(args: argparse.Namespace) -> None:
+    """The mixed engine without drafting against the same engine drafting K tokens with the
+    policy (rollout.speculative_tokens), for each K: tokens/s (interleaved rounds, disjoint
+    prompt sets), the per-round ratio to no drafting, and what drafting did: the share of
+    draft tokens kept, accepted drafts per composite pass, composite passes per token."""
+    from transformers import AutoTokenizer
+
+    from mentor_ray.rollout.engines import EngineSettings, MixedEngine, SamplingSpec
+    from mentor_ray.toy_world import build_toy_world
+
+    started = time.perf_counter()
+    if args.config:
+        policy_dir, expert_dir, tokenizer, prompt_sets = load_recipe_prompt_sets(args.config, args.prompts, args.repeats + 1)
+        source = f"recipe {args.config}"
+    else:
+        world = build_toy_world(seed=args.toy_seed)
+        policy_dir, expert_dir = str(world.policy_dir), str(world.expert_dir)
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        prompt_sets = load_prompt_sets(world, tokenizer, args.prompts, args.repeats + 1)
+        source = f"toy world {world.root.name}"
+    config = json.loads((Path(policy_dir) / "config.json").read_text())
+    settings = EngineSettings(max_model_len=args.max_model_len or int(config["max_position_embeddings"]))
+    if args.max_num_seqs is not None:
+        settings = dataclasses.replace(settings, max_num_seqs=args.max_num_seqs)
+    spec = SamplingSpec(n=args.samples, max_new_tokens=args.new_tokens, seed=0)
+    engines = {0: MixedEngine(policy_dir, expert_dir, settings, entropy_threshold=args.entropy_threshold)}
+    for k in args.speculative_tokens:
+        engines[k] = MixedEngine(policy_dir, expert_dir, dataclasses.replace(settings, speculative_tokens=k),
+                                 entropy_threshold=args.entropy_threshold)
+    rows = args.prompts * args.samples
+    contenders = {k: Contender("no drafting" if k == 0 else f"K = {k}", rows, engine_generate(engine, spec, args.new_tokens))
+                  for k, engine in engines.items()}
+    for contender in contenders.values():
+        contender.generate(prompt_sets[0][: args.warmup_prompts], 0)
+    before = {k: engine.stats() for k, engine in engines.items()}
+    weights = {k: engine.mixture_weight_summary(reset=True) for k, engine in engines.items()}
+    for repeat in range(1, args.repeats + 1):
+        for contender in contenders.values():
+            contender.timed_call(prompt_sets[repeat], repeat)
+    print(f"\n{source} (policy {config['num_hidden_layers']} layers x {config['hidden_size']}, expert "
+          f"{Path(expert_dir).name}/), fp32, T=1, tau={args.entropy_threshold}, {args.prompts} prompts x "
+          f"{args.samples} samples x up to {args.new_tokens} tokens, {args.repeats} interleaved rounds; "
+          f"draft tokens sampled from the policy (probabilistic).")
+    print("\n| mixed engine | tokens/s (median) | tokens/s per round | vs no drafting (median of per-round ratios) "
+          "| draft tokens kept | accepted drafts per pass | composite passes per token | mean w_t |\n|---|---|---|---|---|---|---|---|")
+    for k, contender in contenders.items():
+        after = engines[k].stats()
+        weights[k] = engines[k].mixture_weight_summary(reset=True)
+        passes = after.verify_passes - before[k].verify_passes
+        kept = after.accepted_draft_tokens - before[k].accepted_draft_tokens
+        tested = kept + after.draft_rejections - before[k].draft_rejections
+        tokens = sum(contender.tokens)
+        drafting = (f"{kept / tested:.3f} | {kept / passes:.2f} | {passes / tokens:.3f}" if passes else "- | - | 1 (by definition)")
+        ratio = "1" if k == 0 else f"{paired_ratio(contender, contenders[0]):.2f}x"
+        print(f"| {contender.name} | {contender.tokens_per_second:,.0f} | "
+              f"{' / '.join(f'{rate:,.0f}' for rate in contender.rates)} | {ratio} | {drafting} | "
+              f"{weights[k]['mixture_weight_mean']:.3f} |")
+    for engine in engines.values():
+        engine.close()
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs; {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

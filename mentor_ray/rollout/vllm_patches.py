@@ -20,7 +20,7 @@ _ORIGINAL_ATTRIBUTE = "_mentor_original_expand_kernel_impl"
 
 
 def expand_kernel_impl(output: torch.Tensor, input_val: torch.Tensor, cu_num_tokens: torch.Tensor,
-                       replace_from, replace_to, MAX_NUM_TOKENS=None) -> None:  # noqa: N803 - vLLM's signature
+                       replace_from, replace_to, MAX_NUM_TOKENS=None) -> None:
     """Row i of `input_val` repeated for its tokens (cu_num_tokens holds the cumulative
     counts), `replace_from` read as `replace_to`, written into `output` in its own dtype."""
     counts = torch.diff(cu_num_tokens.to(torch.int64), prepend=cu_num_tokens.new_zeros(1, dtype=torch.int64))
