@@ -317,12 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
     parser.add_argument("--verbose", action="store_true", help="show library logs (Ray, vLLM, DeepSpeed) on the console")
     parser.add_argument("--cluster", default=None, help="Ray cluster file a GPU recipe is planned on (default: cluster.yaml)")
+    parser.add_argument("--record-shards", default=None, metavar="DIR",
+                        help="inspection: each learner rank appends the samples it trained on to DIR/rank<r>.jsonl")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. guidance.entropy_quantile=0.9")
     args = parser.parse_args(argv)
     overrides = list(args.overrides) + (["rollout.n_mixed=0"] if args.grpo else [])
     try:
         config = load_config(args.config, overrides)
-        summary = run_training(config, ray_address=args.address, verbose=args.verbose, cluster_file=args.cluster)
+        summary = run_training(config, ray_address=args.address, verbose=args.verbose, cluster_file=args.cluster,
+                               shard_record_dir=args.record_shards)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

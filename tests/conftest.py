@@ -49,18 +49,28 @@ def s3_bucket():
 
 @pytest.fixture(scope="session")
 def short_run(toy_world, tmp_path_factory):
-    """The short run (tests/short_runs.py) on a local one-node Ray instance, one learner; each
-    sample it trained on is recorded in <run root>/shards/rank0.jsonl."""
-    import ray
+    """The short run (tests/short_runs.py) as a user starts it (`python -m pipelines.train`, a
+    local one-node Ray instance, one learner); each sample it trained on is recorded in
+    <run root>/shards/rank0.jsonl. Holds run_dir, final_model and the console (stdout, stderr)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
 
-    from short_runs import short_config
-    from pipelines.train import run_training
+    from short_runs import SHORT
 
     root = tmp_path_factory.mktemp("runs")
     (root / "shards").mkdir()
-    summary = run_training(short_config(root, "logging.run_name=short"), shard_record_dir=str(root / "shards"))
-    ray.shutdown()
-    return summary
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.train", *SHORT, f"logging.run_root={root}", "logging.run_name=short",
+         "--record-shards", str(root / "shards")],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    summary = json.loads((root / "short" / "summary.json").read_text())
+    return SimpleNamespace(run_dir=summary["run_dir"], final_model=summary["final_model"], steps=summary["steps"],
+                           stdout=result.stdout, stderr=result.stderr)
 
 
 def start_local_cluster(folder, s3_bucket):

@@ -369,26 +369,18 @@ def test_unnamed_run_folders_say_which_algorithm(tmp_path):
     assert made("logging.run_name=mine").name == "mine"
 
 
-def test_console_of_a_direct_run_is_a_start_line_one_line_per_step_and_a_summary(toy_world, tmp_path):
-    """What a person sees of `python -m pipelines.train`: nothing from the libraries (their
-    output is in the run folder's run.log), each step line exactly once, no 'nan'."""
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.train", "--grpo", "total_steps=2", "rollout.prompts_per_step=8",
-         "optimizer.mini_batch_prompts=8", "rollout.n_on_policy=4", "rollout.max_response_tokens=48",
-         "eval.every_steps=0", f"logging.run_root={tmp_path}", "logging.run_name=console"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("GRPO run ") and "run.log" in lines[0]
-    assert [line.split(" |")[0] for line in lines[1:-1]] == ["step 1/2", "step 2/2"], result.stdout[-4000:]
-    assert "ETA" in lines[1] and lines[-1].startswith("done: 2 steps")
-    assert "nan" not in lines[-1].lower()
-    assert result.stderr.strip() == ""
-    log = (tmp_path / "console" / "run.log").read_text()
+def test_console_of_a_direct_run_is_a_start_line_one_line_per_step_and_a_summary(short_run):
+    """What a person sees of `python -m pipelines.train` (the short run, started so): nothing
+    from the libraries (their output is in the run folder's run.log), each step line exactly
+    once, no 'nan'."""
+    lines = short_run.stdout.splitlines()
+    assert lines[0].startswith("MENTOR run ") and "run.log" in lines[0]
+    # Step 0 is the initial policy's validation.
+    assert [line.split(" |")[0] for line in lines[1:-1]] == ["step 0/3", "step 1/3", "step 2/3", "step 3/3"], short_run.stdout[-4000:]
+    assert "initial policy val" in lines[1] and "ETA" in lines[2] and lines[-1].startswith("done: 3 steps")
+    assert "nan" not in short_run.stdout.lower()
+    assert short_run.stderr.strip() == ""
+    log = (Path(short_run.run_dir) / "run.log").read_text()
     assert "Started a local Ray instance" in log  # library output went to the run folder
 
 
