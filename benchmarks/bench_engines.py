@@ -188,6 +188,31 @@ def load_prompt_sets(world, tokenizer, prompts_per_set: int, sets: int) -> list[
 # ---- contenders -----------------------------------------------------------------------
 
 
+def load_models_and_prompts(args: argparse.Namespace):
+    """(policy dir, expert dir, tokenizer, prompt sets, source name, policy config.json, engine
+    settings): the recipe's (--config) or the toy world's, one prompt set per round plus warm-up."""
+    from transformers import AutoTokenizer
+
+    from mentor_ray.rollout.engines import EngineSettings
+    from mentor_ray.toy_world import build_toy_world
+
+    if args.config:
+        policy_dir, expert_dir, tokenizer, prompt_sets = load_recipe_prompt_sets(args.config, args.prompts, args.repeats + 1)
+        source = f"recipe {args.config}"
+    else:
+        world = build_toy_world(seed=args.toy_seed)
+        policy_dir, expert_dir = str(world.policy_dir), str(world.expert_dir)
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        prompt_sets = load_prompt_sets(world, tokenizer, args.prompts, args.repeats + 1)
+        source = f"toy world {world.root.name}"
+    config = json.loads((Path(policy_dir) / "config.json").read_text())
+    # As the toy recipe's engines (pipelines/roles.py): max_model_len from the model.
+    settings = EngineSettings(max_model_len=args.max_model_len or int(config["max_position_embeddings"]))
+    if args.max_num_seqs is not None:
+        settings = dataclasses.replace(settings, max_num_seqs=args.max_num_seqs)
+    return policy_dir, expert_dir, tokenizer, prompt_sets, source, config, settings
+
+
 def engine_generate(engine, spec, max_new_tokens: int):
     def generate(prompts: list[list[int]], repeat: int) -> Generated:
         outputs = engine.generate(prompts, spec)
@@ -293,19 +318,17 @@ def main() -> None:
     rebuild_repeats = args.rebuild_repeats or args.repeats
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from mentor_ray.reference_sampler import (
         naive_mixed_sample,
         speculative_mixed_sample,
     )
     from mentor_ray.rollout.engines import (
-        EngineSettings,
         MixedEngine,
         PolicyEngine,
         SamplingSpec,
     )
-    from mentor_ray.toy_world import build_toy_world
 
     run_started = time.perf_counter()
     loads: list[float] = []
@@ -323,22 +346,9 @@ def main() -> None:
 
     if args.speculative_tokens:
         return speculation_main(args)
-    if args.config:
-        policy_dir, expert_dir, tokenizer, prompt_sets = load_recipe_prompt_sets(args.config, args.prompts, args.repeats + 1)
-        source = f"recipe {args.config}"
-    else:
-        world = build_toy_world(seed=args.toy_seed)
-        policy_dir, expert_dir = str(world.policy_dir), str(world.expert_dir)
-        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-        prompt_sets = load_prompt_sets(world, tokenizer, args.prompts, args.repeats + 1)
-        source = f"toy world {world.root.name}"
+    policy_dir, expert_dir, tokenizer, prompt_sets, source, config, settings = load_models_and_prompts(args)
     log(source)
     prompt_lengths = [len(p) for s in prompt_sets for p in s]
-    config = json.loads((Path(policy_dir) / "config.json").read_text())
-    # As the toy recipe's engines (pipelines/roles.py): max_model_len from the model.
-    settings = EngineSettings(max_model_len=args.max_model_len or int(config["max_position_embeddings"]))
-    if args.max_num_seqs is not None:
-        settings = dataclasses.replace(settings, max_num_seqs=args.max_num_seqs)
     spec = SamplingSpec(n=args.samples, max_new_tokens=args.new_tokens, seed=0)
     policy_hf = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32).eval()
     expert_hf = AutoModelForCausalLM.from_pretrained(expert_dir, dtype=torch.float32).eval()
@@ -457,25 +467,10 @@ def speculation_main(args: argparse.Namespace) -> None:
     policy (rollout.speculative_tokens), for each K: tokens/s (interleaved rounds, disjoint
     prompt sets), the per-round ratio to no drafting, and what drafting did: the share of
     draft tokens kept, accepted drafts per composite pass, composite passes per token."""
-    from transformers import AutoTokenizer
-
-    from mentor_ray.rollout.engines import EngineSettings, MixedEngine, SamplingSpec
-    from mentor_ray.toy_world import build_toy_world
+    from mentor_ray.rollout.engines import MixedEngine, SamplingSpec
 
     started = time.perf_counter()
-    if args.config:
-        policy_dir, expert_dir, tokenizer, prompt_sets = load_recipe_prompt_sets(args.config, args.prompts, args.repeats + 1)
-        source = f"recipe {args.config}"
-    else:
-        world = build_toy_world(seed=args.toy_seed)
-        policy_dir, expert_dir = str(world.policy_dir), str(world.expert_dir)
-        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-        prompt_sets = load_prompt_sets(world, tokenizer, args.prompts, args.repeats + 1)
-        source = f"toy world {world.root.name}"
-    config = json.loads((Path(policy_dir) / "config.json").read_text())
-    settings = EngineSettings(max_model_len=args.max_model_len or int(config["max_position_embeddings"]))
-    if args.max_num_seqs is not None:
-        settings = dataclasses.replace(settings, max_num_seqs=args.max_num_seqs)
+    policy_dir, expert_dir, _, prompt_sets, source, config, settings = load_models_and_prompts(args)
     spec = SamplingSpec(n=args.samples, max_new_tokens=args.new_tokens, seed=0)
     engines = {0: MixedEngine(policy_dir, expert_dir, settings, entropy_threshold=args.entropy_threshold)}
     for k in args.speculative_tokens:
