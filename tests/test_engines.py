@@ -563,3 +563,28 @@ def test_speculative_engine_drafts_with_the_updated_policy(tiny, speculative_eng
         assert draft_after == pytest.approx(policy_after, rel=1e-9) and draft_after != pytest.approx(draft_before, rel=1e-6)
     finally:
         speculative_engine.update_weights(tiny.policy.named_parameters())
+
+
+def test_speculative_drafts_sample_the_policy_at_the_runs_temperature(tiny, speculative_engine):
+    """At T = 0.3 a draft sampled from the untempered policy would be kept far less often than
+    one from the policy at T: the measured acceptance tells the two apart."""
+    temperature = 0.3
+    before = speculative_engine.stats()
+    results = speculative_engine.generate([PROMPTS[1]] * 10, SamplingSpec(n=40, max_new_tokens=6, temperature=temperature, seed=21))
+    after = speculative_engine.stats()
+    kept = after.accepted_draft_tokens - before.accepted_draft_tokens
+    accepted = kept / (kept + after.draft_rejections - before.draft_rejections)
+    expected = {1.0: [], temperature: []}
+    with torch.no_grad():
+        for r in results[:200]:
+            ids = torch.tensor([list(r.prompt_token_ids) + list(r.response_token_ids)])
+            start = len(r.prompt_token_ids)
+            policy_logits, expert_logits = tiny.policy(ids).logits[0, start:-1], tiny.expert(ids).logits[0, start:-1]
+            mixture, _ = mixed_policy_log_probs(policy_logits / temperature, expert_logits / temperature, TAU)
+            for draft_temperature in expected:
+                draft = torch.softmax(policy_logits / draft_temperature, -1)
+                # Kept with probability sum_y min(pi_mix(y), q(y)) = 1 - TV(pi_mix, q).
+                expected[draft_temperature] += torch.minimum(mixture.exp(), draft).sum(-1).tolist()
+    at_t, untempered = float(np.mean(expected[temperature])), float(np.mean(expected[1.0]))
+    assert abs(at_t - untempered) > 0.1, (at_t, untempered)  # the test can tell them apart
+    assert accepted == pytest.approx(at_t, abs=0.05), (accepted, at_t, untempered)
