@@ -22,7 +22,7 @@ from pathlib import Path
 from mentor_ray.benchmarks import BENCHMARKS
 from mentor_ray.config import ConfigError, load_config
 from pipelines.plan import check_model_lengths
-from pipelines.train import LOG_NOTE
+from pipelines.train import LOG_NOTE, failure_line
 
 CHOICE_GRADER = "mentor_ray.benchmarks:grade_choice"
 
@@ -214,9 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:
-        from pipelines.train import failure_line
-
+    except Exception as error:  # noqa: BLE001 - a failure after start-up: its last line, traceback in run.log
         print(f"error: {failure_line(error)}", file=sys.stderr)
         return 1
     print(f"results: {args.out / 'results.md'}")
