@@ -588,3 +588,20 @@ def test_speculative_drafts_sample_the_policy_at_the_runs_temperature(tiny, spec
     at_t, untempered = float(np.mean(expected[temperature])), float(np.mean(expected[1.0]))
     assert abs(at_t - untempered) > 0.1, (at_t, untempered)  # the test can tell them apart
     assert accepted == pytest.approx(at_t, abs=0.05), (accepted, at_t, untempered)
+
+
+def test_a_seeded_speculative_call_repeats(speculative_engine):
+    """Probabilistic drafts are drawn with each seeded request's own generator
+    (vllm_patches.seeded_draft_sampler): the same seed gives the same tokens however much the
+    process sampled in between; vLLM's own draft sampler uses the global RNG, and the second
+    call would differ."""
+    spec = SamplingSpec(n=8, max_new_tokens=10, temperature=1.0, seed=33)
+    first = speculative_engine.generate(PROMPTS, spec)
+    speculative_engine.generate(PROMPTS, replace_seed(spec, 34))  # moves every RNG but seed 33's
+    before = speculative_engine.stats()
+    second = speculative_engine.generate(PROMPTS, spec)
+    after = speculative_engine.stats()
+    assert after.draft_tokens > before.draft_tokens  # the drafts really ran
+    assert [r.response_token_ids for r in second] == [r.response_token_ids for r in first]
+    other = speculative_engine.generate(PROMPTS, replace_seed(spec, 35))
+    assert [r.response_token_ids for r in other] != [r.response_token_ids for r in first]
