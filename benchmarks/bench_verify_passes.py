@@ -36,11 +36,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mentor_ray.model_shapes import ModelShape, shipped_shapes  # noqa: E402
+from mentor_ray.model_shapes import ModelShape, shipped_shapes
 
 
 def build_decoder(shape: ModelShape, device: str, dtype: torch.dtype, seed: int):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     config_class, model_class = (Qwen2Config, Qwen2ForCausalLM) if shape.family == "qwen2" else (LlamaConfig, LlamaForCausalLM)
     config = config_class(
@@ -107,16 +112,16 @@ def measure_pair(policy: ModelShape, expert: ModelShape, args: argparse.Namespac
         policy_cache = filled_cache(policy_model, policy, batch, args.context, args.device, dtype)
         expert_cache = filled_cache(expert_model, expert, batch, args.context, args.device, dtype)
 
-        def policy_pass(positions: int) -> float:
-            return pass_seconds(policy_model, policy_cache, batch, args.context, positions, policy.vocab, args.device, args.repeats)
-
-        def expert_pass(positions: int) -> float:
-            return pass_seconds(expert_model, expert_cache, batch, args.context, positions, expert.vocab, args.device, args.repeats)
-
-        draft_one = policy_pass(1)
-        composite_one = draft_one + expert_pass(1)
+        timed = {
+            "policy": lambda positions, c=policy_cache, b=batch: pass_seconds(
+                policy_model, c, b, args.context, positions, policy.vocab, args.device, args.repeats),
+            "expert": lambda positions, c=expert_cache, b=batch: pass_seconds(
+                expert_model, c, b, args.context, positions, expert.vocab, args.device, args.repeats),
+        }
+        draft_one = timed["policy"](1)
+        composite_one = draft_one + timed["expert"](1)
         for drafts in args.drafts:
-            policy_verify, expert_verify = policy_pass(drafts + 1), expert_pass(drafts + 1)
+            policy_verify, expert_verify = timed["policy"](drafts + 1), timed["expert"](drafts + 1)
             step = drafts * draft_one + policy_verify + expert_verify
             step_expert_only = drafts * draft_one + expert_verify
             row = {
@@ -131,10 +136,9 @@ def measure_pair(policy: ModelShape, expert: ModelShape, args: argparse.Namespac
                 row[f"speed_ratio_expert_only_a{acceptance:g}"] = composite_one * tokens / step_expert_only
             rows.append(row)
             print(json.dumps(row), flush=True)
-        del policy_cache, expert_cache
+        del timed, policy_cache, expert_cache
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    del policy_model, expert_model
     return rows
 
 
