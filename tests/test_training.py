@@ -11,12 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from short_runs import short_config
 
 from mentor_ray.config import ConfigError, load_config
 from mentor_ray.metrics import read_metrics
 from pipelines.train import DEFAULT_RECIPE, run_training
-
-from short_runs import short_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,53 +195,6 @@ def test_two_learner_workers_train_as_one(short_run, tmp_path):
     assert _step_metrics(two.run_dir, 2)["val/greedy_accuracy"] == _step_metrics(short_run.run_dir, 2)["val/greedy_accuracy"]
 
 
-def test_learner_worker_killed_mid_run_restarts_from_checkpoint(toy_world, tmp_path):
-    import psutil
-    import ray
-
-    config = _config(tmp_path, "logging.run_name=killed", "total_steps=5", "eval.every_steps=0")
-    metrics_path = tmp_path / "killed" / "metrics.jsonl"
-    killed = {}
-
-    def learner_worker_pids():
-        # Ray titles each worker process after its actor class: "ray::RayTrainWorker...".
-        own_session = {p.pid for p in psutil.Process().children(recursive=True)}
-        for process in psutil.process_iter(["pid", "cmdline"]):
-            cmdline = " ".join(process.info["cmdline"] or [])
-            if cmdline.startswith("ray::RayTrainWorker") and (process.info["pid"] in own_session or not own_session):
-                yield process.info["pid"]
-
-    def kill_after_step_three():
-        deadline = time.time() + 600
-        while time.time() < deadline and not killed:
-            try:
-                # Ray Train registers a reported checkpoint asynchronously; kill once it has.
-                snapshot = metrics_path.parent / "ray_train" / "checkpoint_manager_snapshot.json"
-                registered = snapshot.exists() and json.loads(snapshot.read_text())["checkpoint_results"]
-                if registered and any(r["step"] >= 3 for r in read_metrics(metrics_path)):
-                    for pid in learner_worker_pids():
-                        psutil.Process(pid).send_signal(signal.SIGKILL)
-                        killed["pid"] = pid
-                        return
-            except Exception as error:  # noqa: BLE001 - reported through the assert below
-                killed.setdefault("errors", []).append(repr(error))
-            time.sleep(0.2)
-
-    killer = threading.Thread(target=kill_after_step_three, daemon=True)
-    killer.start()
-    summary = run_training(config)
-    killer.join(timeout=5)
-    ray.shutdown()
-    assert "pid" in killed, f"the learner worker was never killed: {killed}"
-    assert summary.steps == 5
-    steps = [r["step"] for r in read_metrics(metrics_path)]
-    assert steps == [1, 2, 3, 4, 5]
-    # The restarted worker resumed from a checkpoint and re-ran the steps after it; the file
-    # holds each step once (the lines logged after the checkpoint were replaced).
-    lines = [json.loads(line)["step"] for line in metrics_path.read_text().splitlines()]
-    assert lines == [1, 2, 3, 4, 5]
-
-
 def test_first_ppo_ratio_is_one(toy_world, local_ray):
     """For freshly synced weights the learner's log-probs of sampled tokens equal the engine's,
     at any sampling temperature: both score the distribution the engine sampled from."""
@@ -328,20 +280,56 @@ def test_nan_updates_are_skipped_then_stop_the_run(toy_world, tmp_path):
         assert torch.equal(tensor, after_step_1[name]), name
 
 
-def test_mentor_lifts_the_toy_policy(toy_world, tmp_path):
+def _kill_learner_workers_after(metrics_path: Path, step: int, killed: dict) -> None:
+    """SIGKILL this session's Ray Train learner workers once `step` is logged and a checkpoint
+    registered; records the pid (or the errors met) in `killed`."""
+    import psutil
+
+    deadline = time.time() + 600
+    while time.time() < deadline and not killed.get("pid"):
+        try:
+            # Ray Train registers a reported checkpoint asynchronously; kill once it has.
+            snapshot = metrics_path.parent / "ray_train" / "checkpoint_manager_snapshot.json"
+            registered = snapshot.exists() and json.loads(snapshot.read_text())["checkpoint_results"]
+            if registered and any(r["step"] >= step for r in read_metrics(metrics_path)):
+                own_session = {p.pid for p in psutil.Process().children(recursive=True)}
+                for process in psutil.process_iter(["pid", "cmdline"]):
+                    # Ray titles each worker process after its actor class: "ray::RayTrainWorker...".
+                    cmdline = " ".join(process.info["cmdline"] or [])
+                    if cmdline.startswith("ray::RayTrainWorker") and (process.info["pid"] in own_session or not own_session):
+                        process.send_signal(signal.SIGKILL)
+                        killed["pid"] = process.info["pid"]
+                return
+        except Exception as error:  # noqa: BLE001 - reported through the caller's assert
+            killed.setdefault("errors", []).append(repr(error))
+        time.sleep(0.2)
+
+
+def test_mentor_lifts_the_toy_policy_through_a_learner_restart(toy_world, tmp_path):
     """Six MENTOR steps of the embedded recipe (seed 42) already make the policy unlearn its
-    stop-early habit: validation accuracy jumps, and guided samples out-earn on-policy ones."""
+    stop-early habit: validation accuracy jumps, and guided samples out-earn on-policy ones.
+    The learner worker is killed after step 3: Ray Train restarts it from the step-2
+    checkpoint, the loop re-runs step 3, and metrics.jsonl holds every step once."""
     import ray
 
     config = load_config(DEFAULT_RECIPE, [
         f"logging.run_root={tmp_path}", "logging.run_name=learns", "total_steps=6", "eval.every_steps=6",
-        "eval.max_problems=64",
+        "eval.max_problems=64", "checkpoint.every_steps=2",
     ])
+    metrics_path = tmp_path / "learns" / "metrics.jsonl"
+    killed: dict = {}
+    killer = threading.Thread(target=_kill_learner_workers_after, args=(metrics_path, 3, killed), daemon=True)
+    killer.start()
     try:
-        run_training(config)
+        summary = run_training(config)
     finally:
+        killer.join(timeout=5)
         ray.shutdown()
-    history = read_metrics(tmp_path / "learns" / "metrics.jsonl")
+    assert "pid" in killed, f"the learner worker was never killed: {killed}"
+    assert summary.steps == 6
+    # The lines logged after the checkpoint were replaced by the re-run's: each step once.
+    assert [json.loads(line)["step"] for line in metrics_path.read_text().splitlines()] == [0, 1, 2, 3, 4, 5, 6]
+    history = read_metrics(metrics_path)
     initial, final = history[0]["val/greedy_accuracy"], history[-1]["val/greedy_accuracy"]
     # Measured 0.23 -> 0.55 on 128 problems; 64 problems give a standard error of ~0.08 on the
     # difference, so +0.15 leaves room for float noise while a broken update cannot pass.

@@ -470,8 +470,8 @@ def test_a_sweep_is_interrupted_restored_and_reported(toy_world, tmp_path):
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({
         "name": "tiny", "storage": str(tmp_path / "sweeps"), "base_config": RECIPE,
-        "overrides": {"total_steps": 3, "eval.every_steps": 3, "eval.max_problems": 32, "checkpoint.every_steps": 1,
-                      "rollout.prompts_per_step": 16, "optimizer.mini_batch_prompts": 16},
+        "overrides": {"total_steps": 3, "eval.every_steps": 3, "eval.max_problems": 16, "checkpoint.every_steps": 1,
+                      "rollout.prompts_per_step": 8, "optimizer.mini_batch_prompts": 8},
         "parameters": {
             "rollout.guidance_ratio": {"choice": [0.0, 0.3333]},
             "optimizer.lr": {"choice": [1.0e-4, 0.05]},
