@@ -107,6 +107,9 @@ def entropy_metrics(on_policy_token_entropies: torch.Tensor) -> dict[str, float]
 
 
 def mixture_metrics(summary: dict[str, float]) -> dict[str, float]:
+    # The composite model counts every position it scores. With drafting that includes draft
+    # positions the verifier then refused, so w's mean and the full-expert share are over the
+    # positions verified, a slightly larger set than the tokens kept.
     positions = summary.get("scored_positions", 0.0)
     if positions <= 0:
         return {}
