@@ -110,6 +110,46 @@ class RolloutConfig:
 
 
 @dataclass
+class AlgorithmConfig:
+    """Which method trains the policy (mentor_ray.core.methods): MENTOR, or one of the paper's
+    baselines (MENTOR.md section 10), on the same data, loop and loss settings."""
+
+    # mentor: mixed-policy rollouts (with rollout.n_mixed = 0 it is GRPO in all but name);
+    # grpo: on-policy samples only; luffy: one stored expert trace takes one slot of each group,
+    # its tokens trained with policy shaping; questa: training prompts carry a hint, the first
+    # part of the expert's solution.
+    method: Literal["mentor", "grpo", "luffy", "questa"] = "mentor"
+    # LUFFY: f(p) = p / (p + gamma) on the expert trace's token probabilities.
+    shaping_gamma: float = 0.1
+    # LUFFY: advantages over the whole mixed group divided by its std (the paper's formula);
+    # false subtracts the group mean only, as LUFFY's own training script runs.
+    luffy_divide_by_std: bool = False
+    # QuestA: the hint is this share of the characters of the expert's final solution.
+    hint_fraction: float = 0.5
+    # QuestA: a shorter hint is not given (the problem keeps its plain prompt).
+    min_hint_chars: int = 10
+    # Expert traces (LUFFY, QuestA): samples the expert makes per problem; the first correct
+    # one is kept. Stored under expert_traces_dir (default <logging.run_root>/expert_traces),
+    # one file per expert, data and prompt, and reused by every later run.
+    expert_trace_samples: int = 4
+    expert_traces_dir: str | None = None
+
+    @property
+    def uses_expert_traces(self) -> bool:
+        return self.method in ("luffy", "questa")
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if not self.shaping_gamma > 0:
+            _problem(errors, f"{prefix}.shaping_gamma", self.shaping_gamma, "must be > 0")
+        if not 0 < self.hint_fraction <= 1:
+            _problem(errors, f"{prefix}.hint_fraction", self.hint_fraction, "must be in (0, 1]")
+        if self.min_hint_chars < 0:
+            _problem(errors, f"{prefix}.min_hint_chars", self.min_hint_chars, "must be >= 0")
+        if self.expert_trace_samples < 1:
+            _problem(errors, f"{prefix}.expert_trace_samples", self.expert_trace_samples, "must be >= 1")
+
+
+@dataclass
 class GuidanceConfig:
     entropy_quantile: float = 0.95
     tau_floor: float = 1.5  # from the official code; not in the paper
@@ -332,6 +372,7 @@ class EvalConfig:
 @dataclass
 class MentorConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
@@ -369,7 +410,7 @@ class MentorConfig:
     @property
     def guided(self) -> bool:
         """Whether the run makes mixed-policy (expert-guided) rollouts: MENTOR, not plain GRPO."""
-        return self.rollout.n_mixed > 0
+        return self.algorithm.method == "mentor" and self.rollout.n_mixed > 0
 
     def check(self, errors: list[str], prefix: str = "") -> None:
         for section in dataclasses.fields(self):
@@ -381,6 +422,17 @@ class MentorConfig:
         if self.max_skipped_updates < 0:
             _problem(errors, "max_skipped_updates", self.max_skipped_updates, "must be >= 0")
         # Cross-section rules: a config that cannot run.
+        method = self.algorithm.method
+        if method != "mentor" and self.rollout.n_mixed != 0:
+            _problem(errors, "rollout.n_mixed", self.rollout.n_mixed,
+                     f"must be 0 for algorithm.method={method} (mixed-policy samples are MENTOR's; "
+                     f"`--method {method}` sets it)")
+        if self.algorithm.uses_expert_traces and not self.model.expert_path:
+            _problem(errors, "model.expert_path", self.model.expert_path,
+                     f"must name the expert for algorithm.method={method} (its traces come from the expert)")
+        if method == "luffy" and self.rollout.n_on_policy < 2:
+            _problem(errors, "rollout.n_on_policy", self.rollout.n_on_policy,
+                     "must be >= 2 for algorithm.method=luffy (one slot of the group is the expert trace)")
         if self.guided and not self.model.expert_path:
             _problem(errors, "rollout.n_mixed", self.rollout.n_mixed,
                      "needs model.expert_path (mixed-policy samples come from the expert); set rollout.n_mixed=0 for the GRPO baseline")
