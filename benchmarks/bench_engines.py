@@ -1,8 +1,8 @@
-"""Rollout throughput: vLLM policy and mixed engines vs the torch reference samplers.
+"""Rollout throughput: vLLM policy and mixed engines vs the torch reference sampler.
 
     .venv/bin/python benchmarks/bench_engines.py [--config RECIPE.yaml] [--prompts 64] [--samples 8]
         [--new-tokens 128] [--entropy-threshold 0.4] [--repeats 3] [--torch-prompts 64]
-        [--spec-prompts 64] [--max-model-len N]
+        [--max-model-len N]
 
 By default uses the toy world (`build_toy_world`, seed 0): real toy prompts from train.jsonl
 rendered with the chat template, the trained policy and expert. With `--config` it uses that
@@ -10,8 +10,8 @@ recipe's policy, expert, training problems and system prompt instead (e.g.
 configs/smollm2-135m-gsm8k.yaml: SmolLM2-135M, GSM8K). Measures, all in this process:
 - generated tokens/s of `PolicyEngine` and of `MixedEngine` at tau = --entropy-threshold
   (plus the mean mixture weight w_t over the generated tokens);
-- generated tokens/s of the torch reference samplers (`naive_mixed_sample` and
-  `speculative_mixed_sample`, batched with left padding; both at the full batch by default);
+- generated tokens/s of the torch reference sampler (`rollout.reference.naive_mixed_sample`,
+  batched with left padding; at the full batch by default);
 - `update_weights` seconds vs constructing a fresh engine, for both engines.
 
 Responses stop at EOS (the engines have no ignore-EOS switch), so every tokens/s counts the
@@ -23,7 +23,7 @@ never sees a prompt from an earlier call, as in RL where each step has new promp
 round the contenders run one after another, so load from other users drifts over all of them;
 ratios are medians of per-round ratios. Both engines stay alive together (two 1 GiB KV
 caches). Run it when the machine is otherwise idle: the last line says how many cores other
-processes took during the run. ~50 s on an idle 2-core machine.
+processes took during the run. Under 50 s on an idle 2-core machine.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mentor_ray.rollout.requests import CPU_ENGINE_ENV  # noqa: E402 - no vLLM import
+from mentor_ray.rollout.requests import CPU_ENGINE_ENV  # no vLLM import
 
 for _key, _value in CPU_ENGINE_ENV.items():
     os.environ.setdefault(_key, _value)
@@ -55,7 +55,7 @@ class Generated:
 
     tokens: int  # generated tokens, EOS included
     capped: int  # sequences that stopped at max_new_tokens rather than at EOS
-    weight_sum: float = 0.0  # sum of w_t over generated tokens (torch samplers only)
+    weight_sum: float = 0.0  # sum of w_t over generated tokens (torch sampler only)
 
 
 @dataclass
@@ -293,9 +293,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (medians reported)")
     parser.add_argument("--warmup-prompts", type=int, default=8)
     parser.add_argument("--torch-prompts", type=int, default=64, help="prompts per naive torch call")
-    parser.add_argument("--spec-prompts", type=int, default=64,
-                        help="prompts per speculative torch call (0 = skip it)")
-    parser.add_argument("--draft-tokens", type=int, default=4, help="speculative sampler's K")
     parser.add_argument("--rebuild-repeats", type=int, default=None,
                         help="engine rebuilds timed per engine (default: --repeats)")
     parser.add_argument("--toy-seed", type=int, default=0)
@@ -306,8 +303,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.repeats < 1 or args.prompts < 1 or args.samples < 1 or args.new_tokens < 1:
         parser.error("--repeats, --prompts, --samples and --new-tokens must be >= 1")
-    if not 1 <= args.torch_prompts <= args.prompts or not 0 <= args.spec_prompts <= args.prompts:
-        parser.error("--torch-prompts must be in [1, --prompts] and --spec-prompts in [0, --prompts]")
+    if not 1 <= args.torch_prompts <= args.prompts:
+        parser.error("--torch-prompts must be in [1, --prompts]")
     if not 1 <= args.warmup_prompts <= args.prompts:
         parser.error("--warmup-prompts must be in [1, --prompts]")
     return args
@@ -320,15 +317,12 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from mentor_ray.reference_sampler import (
-        naive_mixed_sample,
-        speculative_mixed_sample,
-    )
     from mentor_ray.rollout.engines import (
         MixedEngine,
         PolicyEngine,
         SamplingSpec,
     )
+    from mentor_ray.rollout.reference import naive_mixed_sample
 
     run_started = time.perf_counter()
     loads: list[float] = []
@@ -379,14 +373,6 @@ def main() -> None:
         Contender("torch naive mixed", args.torch_prompts * args.samples,
                   torch_generate(naive_mixed_sample, policy_hf, expert_hf, tokenizer, args, args.torch_prompts)),
     ]
-    if args.spec_prompts:
-        def speculative(*call_args, **kwargs):
-            return speculative_mixed_sample(*call_args, num_draft_tokens=args.draft_tokens, **kwargs)
-
-        contenders.append(Contender(
-            f"torch speculative mixed (K={args.draft_tokens})", args.spec_prompts * args.samples,
-            torch_generate(speculative, policy_hf, expert_hf, tokenizer, args, args.spec_prompts),
-        ))
     log("warm-up")
     for contender in contenders:
         contender.generate(prompt_sets[0][: args.warmup_prompts], 0)

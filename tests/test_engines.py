@@ -26,7 +26,6 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from mentor_ray.core.mixture import mixed_policy_log_probs
-from mentor_ray.reference_sampler import naive_mixed_sample
 from mentor_ray.rollout.engines import (
     PROMPT_TOO_LONG,
     EngineSettings,
@@ -36,6 +35,7 @@ from mentor_ray.rollout.engines import (
     build_engine,
     check_same_vocabulary,
 )
+from mentor_ray.rollout.reference import naive_mixed_sample
 
 VOCAB = 96
 EOS = 0
