@@ -35,7 +35,7 @@ STEP_METRICS = frozenset(
         "entropy_mean", "entropy_p95", "format_rate", "full_expert_share",
         "mixture_weight_mean", "response_length", "reward", "truncated_rate",
     )]
-    + [f"rollout/{kind}_{name}" for kind in ("on_policy", "mixed")
+    + [f"rollout/{kind}_{name}" for kind in ("on_policy", "mixed", "expert_trace")
        for name in ("accuracy", "format_rate", "response_length", "reward", "samples")]
     + [f"sync/{name}" for name in (
         "engine_fetch_seconds_max", "engine_load_seconds_max", "engine_weights_version_max", "engine_weights_version_min",
@@ -48,7 +48,8 @@ STEP_METRICS = frozenset(
     )]
     + [f"train/{name}" for name in (
         "behaviour_log_prob_gap_max", "clip_high_fraction", "clip_low_fraction", "dual_clip_fraction",
-        "empty_mini_batches", "entropy_mean", "grad_norm", "loss", "lr", "optimizer_steps", "skipped_updates", "tokens",
+        "empty_mini_batches", "entropy_mean", "expert_token_share", "grad_norm", "loss", "lr", "optimizer_steps",
+        "shaping_weight_mean", "skipped_updates", "tokens",
     )]
     + [f"transfer/{name}" for name in (
         "rollout_bytes", "rollout_bytes_per_rank_max", "weights_bytes", "weights_bytes_to_engines",
@@ -56,7 +57,7 @@ STEP_METRICS = frozenset(
 )
 # Families whose last part varies: habit keywords, grading statuses, validation modes.
 STEP_METRIC_PATTERNS = (
-    re.compile(rf"rollout/(on_policy|mixed)_keyword_({'|'.join(KEYWORDS)})"),
+    re.compile(rf"rollout/(on_policy|mixed|expert_trace)_keyword_({'|'.join(KEYWORDS)})"),
     re.compile(r"reward/grading_\w+"),
     re.compile(r"val/(greedy|sampled)_\w+"),
     re.compile(r"time/validate_(greedy|sampled)_seconds"),
@@ -72,12 +73,23 @@ def _mean(values: Iterable[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+SAMPLE_KINDS = ("on_policy", "mixed", "expert_trace")
+
+
+def sample_kind(row: dict[str, Any]) -> str:
+    if row.get("is_expert_trace", False):
+        return "expert_trace"
+    return "mixed" if row["is_mixed"] else "on_policy"
+
+
 def rollout_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Rewards, accuracy, format rate, response length and keyword rates, on-policy vs mixed."""
+    """Rewards, accuracy, format rate, response length and keyword rates, on-policy vs mixed
+    (and vs the stored expert traces LUFFY puts in its groups)."""
     metrics: dict[str, float] = {}
-    for label, is_mixed in (("on_policy", False), ("mixed", True)):
-        group = [row for row in rows if bool(row["is_mixed"]) == is_mixed]
-        metrics[f"rollout/{label}_samples"] = float(len(group))
+    for label in SAMPLE_KINDS:
+        group = [row for row in rows if sample_kind(row) == label]
+        if label != "expert_trace" or group:
+            metrics[f"rollout/{label}_samples"] = float(len(group))
         if not group:
             continue
         metrics[f"rollout/{label}_reward"] = _mean(row["reward"] for row in group)

@@ -27,6 +27,7 @@ from torch.distributed import ReduceOp
 from mentor_ray import storage
 from mentor_ray.config import MentorConfig, config_from_dict
 from mentor_ray.core.guidance import guidance_alpha, next_entropy_threshold
+from mentor_ray.core.methods import method_for
 from mentor_ray.distributed import all_gather_objects, all_gather_variable_length, all_reduce_values
 from mentor_ray.learner import PolicyLearner, TrainingSample
 from mentor_ray.metrics import (
@@ -62,6 +63,10 @@ def global_entropy_threshold(local_on_policy_entropies: list[torch.Tensor], conf
     local = torch.cat(local_on_policy_entropies) if local_on_policy_entropies else torch.zeros(0)
     everything = all_gather_variable_length(local.float())
     return next_entropy_threshold(everything, config.guidance.entropy_quantile, config.guidance.tau_floor), everything
+
+
+def _expert_trace(traces: dict[str, tuple[list[int], str]], problem_id: str) -> tuple[list[int] | None, str | None]:
+    return traces.get(problem_id, (None, None))
 
 
 def save_final_model(learner: PolicyLearner, run_dir: str, is_chief: bool) -> None:
@@ -101,10 +106,14 @@ def _mini_batches_or_error(samples: list[TrainingSample], config: MentorConfig, 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config: MentorConfig = config_from_dict(loop_config["config"], "run config")
+    method = method_for(config.algorithm)
     paths = RunPaths(**loop_config["paths"])
     roles: RolloutRoles = loop_config["roles"]
     train_problems: list[TokenizedProblem] = loop_config["train_problems"]
     eval_problems: list[TokenizedProblem] = loop_config["eval_problems"]
+    # problem id -> (response token ids, text) of its stored expert trace, for a method whose
+    # groups hold one (LUFFY); empty otherwise.
+    expert_traces: dict[str, tuple[list[int], str]] = loop_config.get("expert_traces") or {}
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     is_chief = rank == 0
@@ -180,11 +189,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         shards = None
         if is_chief:
             prompts = [
-                PromptRecord(position, train_problems[i].problem_id, train_problems[i].answer, train_problems[i].prompt_token_ids)
+                PromptRecord(position, train_problems[i].problem_id, train_problems[i].answer, train_problems[i].prompt_token_ids,
+                             *_expert_trace(expert_traces, train_problems[i].problem_id))
                 for position, i in enumerate(schedule.indices_for_step(step))
             ]
             plan = RolloutPlan(
-                step=step, seed=config.seed, n_on_policy=config.rollout.n_on_policy, n_mixed=n_mixed,
+                step=step, seed=config.seed, n_on_policy=config.rollout.n_on_policy - method.expert_traces_per_group,
+                n_mixed=n_mixed, advantages=method.advantages, expert_traces_per_group=method.expert_traces_per_group,
                 max_new_tokens=config.rollout.max_response_tokens, temperature=config.rollout.temperature,
                 top_p=config.rollout.top_p, entropy_threshold=state["entropy_threshold"], alpha=alpha,
                 weights_version=weights_version, prompts_per_batch=prompts_per_batch,
@@ -229,7 +240,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         # 3. tau for the next step: the exact global quantile over every rank's on-policy
         # response-token entropies (MENTOR.md section 2), from the pre-update policy.
-        on_policy = [e for s, e in zip(flat, learned.entropies) if not s.is_mixed]
+        on_policy = [e for s, e in zip(flat, learned.entropies) if s.is_on_policy]
         next_threshold, all_entropies = global_entropy_threshold(on_policy, config)
         metrics.update(entropy_metrics(all_entropies))
         # On-policy samples came from the engine holding the weights the learner held before
@@ -237,7 +248,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         gaps = [
             (lp - torch.tensor(s.behaviour_log_probs)).abs()
             for s, lp in zip(flat, learned.old_log_probs)
-            if not s.is_mixed and s.behaviour_log_probs and len(s.behaviour_log_probs) == len(lp)
+            if s.is_on_policy and s.behaviour_log_probs and len(s.behaviour_log_probs) == len(lp)
         ]
         (largest_gap,) = all_reduce_values([float(torch.cat(gaps).max()) if gaps else -1.0], ReduceOp.MAX)
         if largest_gap >= 0:

@@ -23,7 +23,7 @@ import pandas as pd
 import ray
 import torch
 
-from mentor_ray.core.advantages import mentor_advantages
+from mentor_ray.core.methods import GroupAdvantageRule, MentorGroupAdvantages
 from mentor_ray.rollout.requests import PROMPT_TOO_LONG, SamplingSpec
 from pipelines.resources import STAGE_TASK_CPUS
 
@@ -37,6 +37,9 @@ class PromptRecord:
     problem_id: str
     answer: str
     prompt_token_ids: list[int]
+    # The problem's stored expert trace (LUFFY puts it in the group), when the method uses one.
+    expert_trace_token_ids: list[int] | None = None
+    expert_trace_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class RolloutPlan:
     weights_version: int
     prompts_per_batch: int = 8
     compute_advantages: bool = True
+    advantages: GroupAdvantageRule = MentorGroupAdvantages()
+    # Group slots filled by the prompt's stored expert trace (LUFFY), after the n_on_policy samples.
+    expert_traces_per_group: int = 0
 
     @property
     def guided(self) -> bool:
@@ -129,6 +135,7 @@ def _collect_generation(batch: pd.DataFrame, kind: str, calls: list[tuple[int, A
                     "answer": source["answer"],
                     "sample_index": result.sample_index,
                     "is_mixed": kind == "mixed",
+                    "is_expert_trace": False,
                     "prompt_token_ids": np.asarray(result.prompt_token_ids, dtype=np.int64),
                     "response_token_ids": np.asarray(result.response_token_ids, dtype=np.int64),
                     "response_text": result.response_text,
@@ -145,6 +152,25 @@ def _collect_generation(batch: pd.DataFrame, kind: str, calls: list[tuple[int, A
     return records
 
 
+def _expert_trace_records(batch: pd.DataFrame, plan: RolloutPlan) -> list[dict[str, Any]]:
+    """Each prompt's stored expert trace as a row of its group, scored like the samples. Its
+    behaviour log-probs are 0: LUFFY takes the behaviour probability of expert tokens as 1."""
+    records = []
+    for _, source in batch.iterrows():
+        if source.get("expert_trace_token_ids") is None:
+            continue
+        response = np.asarray(source["expert_trace_token_ids"], dtype=np.int64)
+        records.append({
+            "prompt_index": int(source["prompt_index"]), "problem_id": source["problem_id"], "answer": source["answer"],
+            "sample_index": plan.n_on_policy, "is_mixed": False, "is_expert_trace": True,
+            "prompt_token_ids": np.asarray(source["prompt_token_ids"], dtype=np.int64), "response_token_ids": response,
+            "response_text": source["expert_trace_text"], "behaviour_log_probs": np.zeros(len(response), dtype=np.float32),
+            "finish_reason": "stop", "dropped": False, "mixture_weight_sum": 0.0, "full_expert_positions": 0.0,
+            "scored_positions": 0.0, **{name: 0.0 for name in CALL_TOTALS},
+        })
+    return records
+
+
 def _rollout_batch(
     batch: pd.DataFrame, policy_engines: list[Any], mixed_engines: list[Any], reward_actors: list[Any], plan: RolloutPlan
 ) -> pd.DataFrame:
@@ -153,10 +179,12 @@ def _rollout_batch(
     # Both engines work at once: the calls are sent before any result is awaited.
     pending = [(kind, _request_generation(batch, engines, kind, plan)) for kind, engines in kinds]
     records = [record for kind, calls in pending for record in _collect_generation(batch, kind, calls)]
+    if plan.expert_traces_per_group:
+        records += _expert_trace_records(batch, plan)
     graded = _grade_batch(pd.DataFrame.from_records(records), reward_actors)
     if not plan.compute_advantages:
         return graded
-    return pd.concat([_group_advantages(group, plan.alpha) for _, group in graded.groupby("prompt_index", sort=False)])
+    return pd.concat([_group_advantages(group, plan) for _, group in graded.groupby("prompt_index", sort=False)])
 
 
 def _grade_batch(batch: pd.DataFrame, reward_actors: list[Any]) -> pd.DataFrame:
@@ -182,14 +210,15 @@ def _grade_batch(batch: pd.DataFrame, reward_actors: list[Any]) -> pd.DataFrame:
     return batch
 
 
-def _group_advantages(group: pd.DataFrame, alpha: float) -> pd.DataFrame:
+def _group_advantages(group: pd.DataFrame, plan: RolloutPlan) -> pd.DataFrame:
     group = group.copy()
     live = ~group["dropped"].to_numpy(dtype=bool)
     advantages = np.zeros(len(group), dtype=np.float32)
     if live.any():
         rewards = torch.tensor(group.loc[live, "reward"].to_numpy(dtype=np.float64))
         is_mixed = torch.tensor(group.loc[live, "is_mixed"].to_numpy(dtype=bool))
-        advantages[live] = mentor_advantages(rewards, is_mixed, torch.zeros(len(rewards)), alpha=alpha).numpy()
+        is_trace = torch.tensor(group.loc[live, "is_expert_trace"].to_numpy(dtype=bool))
+        advantages[live] = plan.advantages(rewards, is_mixed, is_trace, plan.alpha).numpy()
     group["advantage"] = advantages
     return group
 
@@ -210,7 +239,9 @@ def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRo
     """Generate, grade and score one step's samples. Rows are sorted by (prompt, mixed, sample)."""
     started = time.perf_counter()
     items = [
-        {"prompt_index": p.prompt_index, "problem_id": p.problem_id, "answer": p.answer, "prompt_token_ids": p.prompt_token_ids}
+        {"prompt_index": p.prompt_index, "problem_id": p.problem_id, "answer": p.answer, "prompt_token_ids": p.prompt_token_ids,
+         **({"expert_trace_token_ids": p.expert_trace_token_ids, "expert_trace_text": p.expert_trace_text}
+            if plan.expert_traces_per_group else {})}
         for p in prompts
     ]
     if [item["prompt_index"] for item in items] != list(range(len(items))):

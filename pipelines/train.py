@@ -74,7 +74,9 @@ def _warm_up_quietly() -> None:
 
 
 def _start_line(config, run_dir: str, paths, log_file: Path) -> str:
-    algorithm = "MENTOR" if config.guided else "GRPO"
+    from mentor_ray.core.methods import algorithm_name
+
+    algorithm = algorithm_name(config)
     engines = f"{config.scaling.num_policy_engines} policy" + (
         f" + {config.scaling.num_mixed_engines} mixed" if config.guided else ""
     )
@@ -219,6 +221,42 @@ class StagingMirror:
         self._thread.join(timeout=60)
 
 
+def _training_problems(config, paths, tokenizer, say) -> tuple[list, dict[str, float], dict[str, tuple[list[int], str]]]:
+    """The tokenized training problems as the method wants them, their counts, and the stored
+    expert trace of each problem for a method that puts one in its groups. A method that needs
+    expert traces builds them first (or reuses the stored ones: mentor_ray.data.expert_traces)."""
+    from mentor_ray.core.methods import method_for
+    from mentor_ray.run_inputs import load_tokenized_problems
+
+    method = method_for(config.algorithm)
+    traces = {}
+    if method.needs_expert_traces:
+        from mentor_ray.data.expert_traces import build_expert_traces
+
+        traces = build_expert_traces(config, paths, say=say).traces
+    if method.hinted_prompts:
+        from mentor_ray.data.hints import hinted_tokenized_problems
+
+        problems, counts = hinted_tokenized_problems(config, paths, tokenizer, traces, say)
+    else:
+        problems, counts = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train", say=say)
+    if not method.expert_traces_per_group:
+        return problems, counts, {}
+    # A group's expert slot needs a correct trace: problems without one are left out, as LUFFY's
+    # own data keeps only problems with a verified expert solution.
+    kept = [p for p in problems if p.problem_id in traces]
+    counts["data/train_without_expert_trace_skipped"] = len(problems) - len(kept)
+    if len(kept) < len(problems):
+        say(f"[data] train: {len(problems) - len(kept)} of {len(problems)} problems have no correct expert trace; "
+            f"{config.algorithm.method} trains on the other {len(kept)}")
+    if not kept:
+        from mentor_ray.config import ConfigError
+
+        raise ConfigError("no training problem has a correct expert trace: raise algorithm.expert_trace_samples or check the expert")
+    counts["data/train_problems"] = len(kept)
+    return kept, counts, {p.problem_id: (list(traces[p.problem_id].token_ids), traces[p.problem_id].text) for p in kept}
+
+
 def _run(
     config, run_dir, paths, resume_from, console, ray_address, callbacks, nan_loss_at_steps, shard_record_dir, started,
 ) -> RunSummary:
@@ -236,9 +274,7 @@ def _run(
     from pipelines.roles import build_rollout_roles, process_whereabouts
 
     tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
-    train_problems, data_counts = load_tokenized_problems(
-        paths.train_path, config, tokenizer, paths.system_prompt, "train", say=console.say
-    )
+    train_problems, data_counts, expert_traces = _training_problems(config, paths, tokenizer, console.say)
     eval_problems = []
     if paths.eval_path and config.eval.every_steps:
         eval_problems, eval_counts = load_tokenized_problems(
@@ -263,6 +299,7 @@ def _run(
                 "paths": asdict(paths),
                 "roles": roles,
                 "train_problems": train_problems,
+                "expert_traces": expert_traces,
                 "eval_problems": eval_problems,
                 # Ray Train's own checkpoint wins after a worker restart; this is the user's
                 # resume point for a new run (TorchTrainer's resume argument is deprecated in V2).
@@ -308,12 +345,22 @@ def _run(
     return summary
 
 
+def method_overrides(method: str | None) -> list[str]:
+    """The overrides `--method NAME` stands for: the method, and no mixed samples for the
+    methods that do not make them."""
+    if method is None:
+        return []
+    return [f"algorithm.method={method}"] + ([] if method == "mentor" else ["rollout.n_mixed=0"])
+
+
 def main(argv: list[str] | None = None) -> int:
     from mentor_ray.config import ConfigError, load_config
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE, help="YAML recipe (default: the toy-world MENTOR run)")
-    parser.add_argument("--grpo", action="store_true", help="the on-policy GRPO baseline: rollout.n_mixed=0")
+    parser.add_argument("--method", choices=("mentor", "grpo", "luffy", "questa"), default=None,
+                        help="algorithm.method; grpo, luffy and questa also set rollout.n_mixed=0 (README, \"Baselines\")")
+    parser.add_argument("--grpo", action="store_true", help="short for --method grpo")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
     parser.add_argument("--verbose", action="store_true", help="show library logs (Ray, vLLM, DeepSpeed) on the console")
     parser.add_argument("--cluster", default=None, help="Ray cluster file a GPU recipe is planned on (default: cluster.yaml)")
@@ -321,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="inspection: each learner rank appends the samples it trained on to DIR/rank<r>.jsonl")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. guidance.entropy_quantile=0.9")
     args = parser.parse_args(argv)
-    overrides = list(args.overrides) + (["rollout.n_mixed=0"] if args.grpo else [])
+    if args.grpo and args.method not in (None, "grpo"):
+        parser.error(f"--grpo is --method grpo; it cannot go with --method {args.method}")
+    overrides = list(args.overrides) + method_overrides("grpo" if args.grpo else args.method)
     try:
         config = load_config(args.config, overrides)
         summary = run_training(config, ray_address=args.address, verbose=args.verbose, cluster_file=args.cluster,

@@ -220,3 +220,65 @@ def test_optional_kl_and_entropy_terms():
     assert "loss/kl" not in policy_loss(_inputs([1.0], 1.0), ClipSettings(), LossWeights()).metrics
     with pytest.raises(ValueError, match="reference_log_probs"):
         policy_loss(_inputs([1.0], 1.0), ClipSettings(), LossWeights(kl=0.1))
+
+
+# --- LUFFY: the whole-group advantage and the policy-shaping loss of expert tokens -------------
+
+
+def test_luffy_advantages_use_the_whole_mixed_group():
+    from mentor_ray.core.advantages import luffy_advantages
+
+    # Group 0: 3 on-policy samples and the expert trace (last, reward 1); group 1: all equal.
+    rewards = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.5, 0.5])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1])
+    centred = luffy_advantages(rewards, groups, divide_by_std=False)
+    assert centred.tolist() == pytest.approx([-0.5, 0.5, -0.5, 0.5, 0.0, 0.0])
+    std = float(torch.tensor([0.0, 1.0, 0.0, 1.0]).std())  # unbiased, as GRPO's
+    scaled = luffy_advantages(rewards, groups, divide_by_std=True)
+    assert scaled[:4].tolist() == pytest.approx([-0.5 / (std + 1e-6), 0.5 / (std + 1e-6)] * 2)
+    assert scaled[4:].tolist() == [0.0, 0.0]
+    # Unlike MENTOR's rule, the expert's sample moves the baseline of the on-policy ones.
+    from mentor_ray.core.advantages import grpo_advantages
+
+    assert grpo_advantages(rewards[:3], groups[:3]).tolist() != pytest.approx(scaled[:3].tolist())
+
+
+def test_shaping_loss_value_and_gradient_against_a_hand_computation():
+    from mentor_ray.core.losses import ClipSettings, LossWeights, PolicyLossInputs, ShapingSettings, policy_loss
+
+    gamma = 0.1
+    # Row 0: an expert trace (off-policy); row 1: the policy's own sample (PPO-clip).
+    log_probs = torch.log(torch.tensor([[0.02, 0.5, 0.9], [0.3, 0.4, 0.6]])).requires_grad_(True)
+    old = torch.log(torch.tensor([[0.9, 0.9, 0.9], [0.3, 0.2, 0.6]]))  # ignored for the trace
+    advantages = torch.tensor([1.5, -0.5])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    inputs = PolicyLossInputs(log_probs=log_probs, old_log_probs=old, advantages=advantages, response_mask=mask,
+                              off_policy=torch.tensor([True, False]))
+    output = policy_loss(inputs, ClipSettings(0.2, 0.28, None), LossWeights(), shaping=ShapingSettings(gamma))
+    output.loss.backward()
+
+    p_trace = torch.tensor([0.02, 0.5, 0.9])
+    shaped = -1.5 * p_trace / (p_trace + gamma)
+    ratios = torch.tensor([1.0, 2.0])  # row 1's first two tokens: 0.3/0.3, 0.4/0.2
+    ppo = torch.maximum(0.5 * ratios, 0.5 * torch.clamp(ratios, 0.8, 1.28))
+    expected = (shaped.sum() + ppo.sum()) / 5
+    assert float(output.loss) == pytest.approx(float(expected), rel=1e-6)
+    # d/dlogp of -A p/(p+g) is -A g p / (p+g)^2; divided by the 5 tokens of the mean.
+    expected_grad = -1.5 * gamma * p_trace / (p_trace + gamma) ** 2 / 5
+    assert log_probs.grad[0].tolist() == pytest.approx(expected_grad.tolist(), rel=1e-5)
+    # The low-probability expert token gets the largest push (policy shaping), unlike -A log p.
+    assert float(log_probs.grad[0, 0].abs()) > float(log_probs.grad[0, 2].abs())
+    # No clip on the trace: its ratio to the "old" 0.9 would be clipped (0.02 / 0.9), yet its
+    # gradient is not zero; and the clip fractions count the policy's own tokens only.
+    assert output.metrics["sum/off_policy_tokens"] == 3.0
+    assert output.metrics["sum/shaping_weight"] == pytest.approx(float((p_trace / (p_trace + gamma)).sum()), rel=1e-6)
+    assert output.metrics["clip/clip_low_fraction"] == 0.0  # row 1 has A < 0, ratios 1 and 2: none below 0.8
+
+
+def test_off_policy_rows_without_shaping_settings_are_refused():
+    from mentor_ray.core.losses import ClipSettings, LossWeights, PolicyLossInputs, policy_loss
+
+    values = torch.zeros(1, 2)
+    inputs = PolicyLossInputs(values, values, torch.ones(1), torch.ones(1, 2), off_policy=torch.tensor([True]))
+    with pytest.raises(ValueError, match="ShapingSettings"):
+        policy_loss(inputs, ClipSettings(), LossWeights())

@@ -62,3 +62,15 @@ def mentor_advantages(
     mixed_advantage = alpha * torch.clamp(rewards - mean, min=0.0) / reward_range
     mixed_advantage = torch.where(count > 0, mixed_advantage, torch.zeros_like(mixed_advantage))
     return torch.where(mixed, mixed_advantage, on_policy_advantage).float()
+
+
+def luffy_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, divide_by_std: bool) -> torch.Tensor:
+    """LUFFY's advantages: every sample of a group, the expert trace included, against the
+    whole group's mean reward, A_i = R_i - mean(R_group), divided by the group's std (+1e-6)
+    when `divide_by_std` (the paper's formula; LUFFY's own script does not divide)."""
+    if rewards.shape != group_ids.shape or rewards.dim() != 1:
+        raise ValueError(f"rewards and group_ids must be equal-length 1-D tensors, got {tuple(rewards.shape)}, {tuple(group_ids.shape)}")
+    rewards = rewards.double()
+    mean, std, _, _ = _group_on_policy_stats(rewards, torch.zeros_like(rewards, dtype=torch.bool), group_ids)
+    centred = rewards - mean
+    return (centred / (std + STD_EPSILON) if divide_by_std else centred).float()

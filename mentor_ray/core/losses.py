@@ -24,6 +24,9 @@ class PolicyLossInputs:
     response_mask: torch.Tensor
     entropy: torch.Tensor | None = None
     reference_log_probs: torch.Tensor | None = None
+    # [batch] bool: rows that are off-policy expert traces (LUFFY); their tokens take the
+    # shaping loss instead of PPO-clip. None: every row is the policy's own sample.
+    off_policy: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,13 @@ class LossWeights:
     policy: float = 1.0
     kl: float = 0.0
     entropy: float = 0.0
+
+
+@dataclass(frozen=True)
+class ShapingSettings:
+    """LUFFY's policy shaping of off-policy (expert) tokens: f(p) = p / (p + gamma)."""
+
+    gamma: float = 0.1
 
 
 @dataclass
@@ -90,6 +100,21 @@ def entropy_token_loss(inputs: PolicyLossInputs) -> torch.Tensor:
     return -inputs.entropy
 
 
+def shaped_token_loss(inputs: PolicyLossInputs, shaping: ShapingSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """LUFFY's loss on expert-trace tokens: -A * f(pi_theta(y_t)), f(p) = p / (p + gamma).
+
+    The behaviour probability is taken as 1 (no ratio to an old policy, no clip): the gradient
+    is -A * gamma / (p + gamma)^2 * grad p, which lifts the expert tokens the policy finds
+    unlikely more than a plain log-likelihood would. Returns the per-token loss and f.
+    """
+    advantages = inputs.advantages
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1).expand_as(inputs.log_probs)
+    probability = torch.exp(torch.clamp(inputs.log_probs, max=0.0))
+    weight = probability / (probability + shaping.gamma)
+    return -advantages * weight, weight
+
+
 TOKEN_LOSS_COMPONENTS: dict[str, Callable[[PolicyLossInputs], torch.Tensor]] = {
     "kl": kl_token_loss,
     "entropy": entropy_token_loss,
@@ -105,6 +130,7 @@ def policy_loss(
     clip: ClipSettings,
     weights: LossWeights,
     token_normalizer: float | None = None,
+    shaping: ShapingSettings | None = None,
 ) -> PolicyLossOutput:
     """Token-level mean of the weighted components over the mini-batch.
 
@@ -120,6 +146,14 @@ def policy_loss(
         raise ValueError(f"token_normalizer must be > 0, got {normalizer}")
 
     ppo_tokens, clip_masks = ppo_clip_token_loss(inputs, clip)
+    off_policy = None
+    if inputs.off_policy is not None and bool(inputs.off_policy.any()):
+        if shaping is None:
+            raise ValueError("off-policy rows need ShapingSettings (algorithm.method=luffy)")
+        off_policy = inputs.off_policy.bool().unsqueeze(-1).expand_as(ppo_tokens)
+        shaped_tokens, shaping_weight = shaped_token_loss(inputs, shaping)
+        ppo_tokens = torch.where(off_policy, shaped_tokens, ppo_tokens)
+        clip_masks = {name: active & ~off_policy for name, active in clip_masks.items()}
     components = {"policy": ppo_tokens}
     for name, component in TOKEN_LOSS_COMPONENTS.items():
         if getattr(weights, name) != 0.0:
@@ -136,4 +170,12 @@ def policy_loss(
     for name, active in clip_masks.items():
         metrics[f"clip/{name}_fraction"] = float((active.to(mask.dtype) * mask).sum()) / count
     metrics["loss/tokens"] = float(local_tokens)
+    # Sums, like the clip counts, and present in every output (ranks all-reduce the same keys):
+    # a learner adds them over micro-batches and ranks.
+    metrics["sum/off_policy_tokens"] = 0.0
+    metrics["sum/shaping_weight"] = 0.0
+    if off_policy is not None:
+        off_mask = off_policy.to(mask.dtype) * mask
+        metrics["sum/off_policy_tokens"] = float(off_mask.sum())
+        metrics["sum/shaping_weight"] = float((shaping_weight.detach() * off_mask).sum())
     return PolicyLossOutput(loss=loss, metrics=metrics)

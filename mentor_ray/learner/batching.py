@@ -22,6 +22,14 @@ class TrainingSample:
     # Log-probs the rollout engine reported; carried for diagnostics only (the loss uses the
     # learner's own old log-probs, as the paper does, with no behaviour-policy correction).
     behaviour_log_probs: list[float] | None = None
+    # A stored expert trace in the group (LUFFY): trained with the shaping loss, not PPO, and
+    # neither the policy's own sample nor a mixed one.
+    is_expert_trace: bool = False
+
+    @property
+    def is_on_policy(self) -> bool:
+        """Sampled by the policy itself: what tau's entropies and the engine-sync check read."""
+        return not self.is_mixed and not self.is_expert_trace
 
     @classmethod
     def from_rollout_row(cls, row: dict[str, Any]) -> TrainingSample:
@@ -33,6 +41,7 @@ class TrainingSample:
             is_mixed=bool(row["is_mixed"]),
             group_id=int(row["prompt_index"]),
             behaviour_log_probs=[float(v) for v in row["behaviour_log_probs"]],
+            is_expert_trace=bool(row.get("is_expert_trace", False)),
         )
 
 
@@ -82,6 +91,7 @@ def collate(samples: Sequence[TrainingSample], pad_token_id: int) -> dict[str, t
         "response_mask": response_mask,
         "advantages": torch.tensor([float(s.advantage) for s in samples], dtype=torch.float32),
         "is_mixed": torch.tensor([bool(s.is_mixed) for s in samples], dtype=torch.bool),
+        "off_policy": torch.tensor([bool(s.is_expert_trace) for s in samples], dtype=torch.bool),
     }
 
 

@@ -47,6 +47,7 @@ from mentor_ray.core.losses import (
     ClipSettings,
     LossWeights,
     PolicyLossInputs,
+    ShapingSettings,
     policy_loss,
 )
 from mentor_ray.distributed import all_reduce_values, ensure_process_group
@@ -180,6 +181,8 @@ class PolicyLearner:
         self.device = self.engine.device
         self.clip = ClipSettings(config.loss.eps_low, config.loss.eps_high, config.loss.dual_clip)
         self.loss_weights = LossWeights(policy=1.0, kl=config.loss.kl_coef, entropy=config.loss.entropy_coef)
+        # Used only by off-policy rows (LUFFY's expert traces); the learner does not ask which method.
+        self.shaping = ShapingSettings(config.algorithm.shaping_gamma)
 
     def _pad_token_id(self, model: torch.nn.Module) -> int:
         for candidate in (model.config.pad_token_id, model.config.eos_token_id, 0):
@@ -337,7 +340,7 @@ class PolicyLearner:
                 totals["tokens"] += sums["tokens"]
                 totals["entropy_sum"] += sums["entropy_sum"]
                 for name, value in sums.items():
-                    if name.startswith("clip/"):
+                    if name.startswith(("clip/", "sum/")):
                         clip_sums[name] = clip_sums.get(name, 0.0) + value
         tokens = max(totals["tokens"], 1.0)
         metrics = {
@@ -351,7 +354,12 @@ class PolicyLearner:
             "train/tokens": totals["tokens"],
         }
         for name, value in clip_sums.items():
-            metrics["train/" + name.removeprefix("clip/")] = value / tokens
+            if name.startswith("clip/"):
+                metrics["train/" + name.removeprefix("clip/")] = value / tokens
+        off_policy_tokens = clip_sums.get("sum/off_policy_tokens", 0.0)
+        if off_policy_tokens > 0:  # expert-trace tokens (LUFFY)
+            metrics["train/expert_token_share"] = off_policy_tokens / tokens
+            metrics["train/shaping_weight_mean"] = clip_sums["sum/shaping_weight"] / off_policy_tokens
         return metrics
 
     def _update_mini_batch(
@@ -396,8 +404,9 @@ class PolicyLearner:
                     advantages=batch["advantages"].to(log_probs.device),
                     response_mask=mask,
                     entropy=entropy,
+                    off_policy=batch["off_policy"].to(log_probs.device),
                 )
-                output = policy_loss(inputs, self.clip, self.loss_weights, token_normalizer=normalizer)
+                output = policy_loss(inputs, self.clip, self.loss_weights, token_normalizer=normalizer, shaping=self.shaping)
                 loss = output.loss
                 if not bool(torch.isfinite(loss)):
                     local["bad"] += 1.0
@@ -412,6 +421,8 @@ class PolicyLearner:
                 for name, value in output.metrics.items():
                     if name.startswith("clip/"):
                         clip_counts[name] = clip_counts.get(name, 0.0) + value * tokens
+                    elif name.startswith("sum/"):
+                        clip_counts[name] = clip_counts.get(name, 0.0) + value
             else:
                 log_probs, _ = self._forward(self._dummy_batch())
                 loss = log_probs.sum() * 0.0
