@@ -28,7 +28,11 @@ from mentor_ray import storage
 from mentor_ray.config import MentorConfig, config_from_dict
 from mentor_ray.core.guidance import guidance_alpha, next_entropy_threshold
 from mentor_ray.core.methods import method_for
-from mentor_ray.distributed import all_gather_objects, all_gather_variable_length, all_reduce_values
+from mentor_ray.distributed import (
+    all_gather_objects,
+    all_gather_variable_length,
+    all_reduce_values,
+)
 from mentor_ray.learner import PolicyLearner, TrainingSample
 from mentor_ray.metrics import (
     METRICS_FILE,

@@ -58,7 +58,7 @@ class RolloutPlan:
     weights_version: int
     prompts_per_batch: int = 8
     compute_advantages: bool = True
-    advantages: GroupAdvantageRule = MentorGroupAdvantages()
+    advantages: GroupAdvantageRule = field(default_factory=MentorGroupAdvantages)
     # Group slots filled by the prompt's stored expert trace (LUFFY), after the n_on_policy samples.
     expert_traces_per_group: int = 0
 

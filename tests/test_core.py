@@ -6,10 +6,24 @@ import pytest
 import torch
 
 from mentor_ray.core.advantages import grpo_advantages, mentor_advantages
-from mentor_ray.core.guidance import guidance_active, guidance_alpha, next_entropy_threshold
-from mentor_ray.core.losses import ClipSettings, LossWeights, PolicyLossInputs, policy_loss, ppo_clip_token_loss
-from mentor_ray.core.mixture import mixed_policy_log_probs, mixture_log_probs, mixture_weight, policy_entropy
-
+from mentor_ray.core.guidance import (
+    guidance_active,
+    guidance_alpha,
+    next_entropy_threshold,
+)
+from mentor_ray.core.losses import (
+    ClipSettings,
+    LossWeights,
+    PolicyLossInputs,
+    policy_loss,
+    ppo_clip_token_loss,
+)
+from mentor_ray.core.mixture import (
+    mixed_policy_log_probs,
+    mixture_log_probs,
+    mixture_weight,
+    policy_entropy,
+)
 
 # --- mixture ------------------------------------------------------------------------------------
 
@@ -244,7 +258,13 @@ def test_luffy_advantages_use_the_whole_mixed_group():
 
 
 def test_shaping_loss_value_and_gradient_against_a_hand_computation():
-    from mentor_ray.core.losses import ClipSettings, LossWeights, PolicyLossInputs, ShapingSettings, policy_loss
+    from mentor_ray.core.losses import (
+        ClipSettings,
+        LossWeights,
+        PolicyLossInputs,
+        ShapingSettings,
+        policy_loss,
+    )
 
     gamma = 0.1
     # Row 0: an expert trace (off-policy); row 1: the policy's own sample (PPO-clip).
@@ -276,7 +296,12 @@ def test_shaping_loss_value_and_gradient_against_a_hand_computation():
 
 
 def test_off_policy_rows_without_shaping_settings_are_refused():
-    from mentor_ray.core.losses import ClipSettings, LossWeights, PolicyLossInputs, policy_loss
+    from mentor_ray.core.losses import (
+        ClipSettings,
+        LossWeights,
+        PolicyLossInputs,
+        policy_loss,
+    )
 
     values = torch.zeros(1, 2)
     inputs = PolicyLossInputs(values, values, torch.ones(1), torch.ones(1, 2), off_policy=torch.tensor([True]))
