@@ -57,29 +57,37 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
+# Line styles of plot_seeds' methods, in the order they first appear (MENTOR first: solid).
+SEED_LINE_STYLES = ("-", "--", ":", "-.")
+
+
 def plot_seeds(pairs: dict[int, dict[str, Path]], out_dir: Path) -> list[Path]:
-    """Validation accuracy and entropy against step for every seed's MENTOR (solid) and GRPO
-    (dashed) run, one colour per seed: the spread across seeds at a glance."""
+    """Validation accuracy and entropy against step for every seed's runs (seed -> label -> run
+    folder: MENTOR's, GRPO's, ...), one colour per seed and one line style per label (solid,
+    dashed, dotted, dash-dot, in the order the labels first appear): the spread across seeds at
+    a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    labels = list(dict.fromkeys(label for runs in pairs.values() for label in runs))
+    styles = {label: SEED_LINE_STYLES[index % len(SEED_LINE_STYLES)] for index, label in enumerate(labels)}
     written = []
     for file_name, title, key in (("seeds_val_accuracy.png", "Validation accuracy (greedy), every seed", "val/greedy_accuracy"),
                                   ("seeds_entropy.png", "Policy entropy (on-policy tokens), every seed", "rollout/entropy_mean")):
         figure, axes = plt.subplots(figsize=(7, 4.5))
         for index, (seed, runs) in enumerate(sorted(pairs.items())):
-            for label, style in (("mentor", "-"), ("grpo", "--")):
-                history = read_metrics(Path(runs[label]) / "metrics.jsonl")
+            for label, folder in runs.items():
+                history = read_metrics(Path(folder) / "metrics.jsonl")
                 points = [(r["step"], r[key]) for r in history if r.get(key) is not None and not math.isnan(r[key])]
                 if points:
-                    axes.plot(*zip(*points), style, color=f"C{index}", marker="o" if key.startswith("val") else None,
+                    axes.plot(*zip(*points), styles[label], color=f"C{index}", marker="o" if key.startswith("val") else None,
                               markersize=3, label=f"{label.upper()} seed {seed}")
         axes.set_title(title)
         axes.set_xlabel("step")
-        axes.legend(fontsize=7, ncol=2)
+        axes.legend(fontsize=7, ncol=max(2, len(pairs)))  # a column per seed
         written.append(_save(figure, out_dir / file_name))
     return written
 
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     """python -m mentor_ray.plots OUT_DIR LABEL=RUN_DIR [LABEL=RUN_DIR ...]"""
     import argparse
 
-    parser = argparse.ArgumentParser(description="Draw runs into the same plots (e.g. MENTOR vs GRPO).")
+    parser = argparse.ArgumentParser(description="Draw runs into the same plots (e.g. MENTOR vs GRPO, LUFFY, QuestA).")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("runs", nargs="+", help="LABEL=RUN_DIR")
     args = parser.parse_args(argv)

@@ -1,14 +1,19 @@
-"""`python -m pipelines.compare [--config FILE] [--seeds 42,43,44] [key=value ...]`: MENTOR against
-the GRPO baseline, seed by seed, with a statement of what holds on every seed.
+"""`python -m pipelines.compare [--methods mentor,grpo,luffy,questa] [--seeds 42,43,44] [--config FILE]
+[key=value ...]`: MENTOR against the baselines, seed by seed, with a statement of what holds on
+every seed.
 
-For each seed, the recipe runs twice (the second with rollout.n_mixed=0: plain GRPO) and the
-pair gives its numbers: validation accuracy at the end, entropy while guided and at the end of
-guidance, the guided rollout rewards, pass@k of both final models (the evaluation suite's
-estimator, `--pass-at-k-samples` samples per held-out problem at T=0.6) and, on a toy world,
-the habits that explain the result (how often each final model stops early or swaps operands).
-Then `summary.md` / `summary.json` give every number per seed, their mean and spread, and each
-effect the toy world should show with whether it holds on every seed; `plots/` draws every
-seed's curves. With one seed and no other flags it is the quick single comparison it always was.
+For each seed, the recipe runs once per method (`--methods`, default mentor,grpo: MENTOR and
+plain GRPO): MENTOR as the recipe says, every other method with `algorithm.method=<name>` and
+`rollout.n_mixed=0` (`method_overrides`). The seed's runs give its numbers: validation accuracy
+at the end, entropy while MENTOR is guided and at the end of its guidance, MENTOR's guided
+rollout rewards, pass@k of every final model (the evaluation suite's estimator,
+`--pass-at-k-samples` samples per held-out problem at T=0.6) and, on a toy world, the habits
+that explain the result (how often each final model stops early or swaps operands). Then
+`summary.md` / `summary.json` give every number per seed and method, their mean and spread, and
+each effect the toy world should show, MENTOR against every other method, with whether it holds
+on every seed; `plots/` draws every seed's curves. With one seed and no other flags it is the
+quick single MENTOR-vs-GRPO comparison it always was. `--runs` compares finished runs instead:
+`--runs MENTOR_RUN GRPO_RUN`, or `--runs mentor=RUN grpo=RUN luffy=RUN ...`.
 """
 
 from __future__ import annotations
@@ -20,61 +25,75 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mentor_ray import storage
-from mentor_ray.config import MentorConfig, load_config
+from mentor_ray.config import ConfigError, MentorConfig, load_config
 from mentor_ray.metrics import end_of_guidance_step, mean_of, read_metrics, window_mean
 from mentor_ray.plots import plot_runs, plot_seeds
 from pipelines.train import DEFAULT_RECIPE, run_training
 
 PASS_AT_K_TEMPERATURE = 0.6
 
+# The methods a comparison can train (config.py's algorithm.method), with the names tables use.
+METHOD_NAMES = {"mentor": "MENTOR", "grpo": "GRPO", "luffy": "LUFFY", "questa": "QuestA"}
+DEFAULT_METHODS = ("mentor", "grpo")
 
-def comparison(mentor: list[dict], grpo: list[dict], decay_steps: int) -> dict[str, float]:
-    """One seed's numbers from the two runs' metrics."""
+
+def method_overrides(method: str) -> list[str]:
+    """What turns the recipe (a MENTOR run) into `method`'s run: nothing for MENTOR; every other
+    method is named and makes no mixed-policy samples (config.py refuses it otherwise)."""
+    return [] if method == "mentor" else [f"algorithm.method={method}", "rollout.n_mixed=0"]
+
+
+def comparison(mentor: list[dict], others: dict[str, list[dict]] | list[dict], decay_steps: int) -> dict[str, float]:
+    """One seed's numbers from its runs' metrics: MENTOR's history and every other method's by
+    name (a bare history is GRPO's, the two-method form). MENTOR's own numbers keep their
+    historical names (`final_val_accuracy`, `guided_steps`, ...); every method, MENTOR included,
+    has `<method>_final_val_accuracy` and its entropy while MENTOR is guided and at the end of
+    MENTOR's guidance."""
+    histories = {"mentor": mentor, **(others if isinstance(others, dict) else {"grpo": others})}
     guided = [r for r in mentor if r.get("rollout/mixed_samples", 0) > 0]
-    validations = [r for r in mentor if "val/greedy_accuracy" in r]
+    validations = [r["val/greedy_accuracy"] for r in mentor if "val/greedy_accuracy" in r]
     end_of_guidance = end_of_guidance_step(mentor, decay_steps)
-
-    def while_guided(history: list[dict]) -> float:
-        return mean_of(r.get("rollout/entropy_mean") for r in history if 1 <= r["step"] <= end_of_guidance)
-
-    return {
+    numbers = {
         "guided_steps": len(guided),
         "mixed_reward_while_guided": mean_of([r["rollout/mixed_reward"] for r in guided]),
         "on_policy_reward_while_guided": mean_of([r["rollout/on_policy_reward"] for r in guided]),
-        "initial_val_accuracy": validations[0]["val/greedy_accuracy"] if validations else float("nan"),
-        "final_val_accuracy": validations[-1]["val/greedy_accuracy"] if validations else float("nan"),
-        "grpo_final_val_accuracy": next((r["val/greedy_accuracy"] for r in reversed(grpo) if "val/greedy_accuracy" in r), float("nan")),
+        "initial_val_accuracy": validations[0] if validations else float("nan"),
+        "final_val_accuracy": validations[-1] if validations else float("nan"),
         "end_of_guidance_step": end_of_guidance,
-        "mentor_entropy_while_guided": while_guided(mentor),
-        "grpo_entropy_while_guided": while_guided(grpo),
-        "mentor_entropy_end_of_guidance": window_mean(mentor, "rollout/entropy_mean", end_of_guidance),
-        "grpo_entropy_end_of_guidance": window_mean(grpo, "rollout/entropy_mean", end_of_guidance),
     }
+    for method, history in histories.items():
+        numbers[f"{method}_final_val_accuracy"] = next(
+            (r["val/greedy_accuracy"] for r in reversed(history) if "val/greedy_accuracy" in r), float("nan"))
+        numbers[f"{method}_entropy_while_guided"] = mean_of(
+            r.get("rollout/entropy_mean") for r in history if 1 <= r["step"] <= end_of_guidance)
+        numbers[f"{method}_entropy_end_of_guidance"] = window_mean(history, "rollout/entropy_mean", end_of_guidance)
+    return numbers
 
 
 @dataclass(frozen=True)
 class Effect:
-    """A claim about MENTOR vs GRPO, checked per seed or on the mean over seeds."""
+    """A claim about MENTOR vs one other method, checked per seed or on the mean over seeds;
+    instantiated for every other method compared (`{other}` in the name: its table name)."""
 
     name: str
-    value: Callable[[dict], float]
+    value: Callable[[dict, str], float]  # (a seed's numbers, the other method) -> the value judged
     holds: Callable[[float], bool]
     every_seed: bool  # False: the claim is about the mean over seeds
     value_format: str = "{:+.3f}"  # a difference; ratios use "{:.2f}"
 
 
 EFFECTS = (
-    Effect("final val accuracy, MENTOR - GRPO (>= +0.05)",
-           lambda n: n["final_val_accuracy"] - n["grpo_final_val_accuracy"], lambda v: v >= 0.05, every_seed=True),
-    Effect("pass@32, MENTOR - GRPO (> 0)",
-           lambda n: n["mentor_pass_at_32"] - n["grpo_pass_at_32"], lambda v: v > 0, every_seed=True),
-    Effect("entropy at the end of guidance, MENTOR / GRPO (mean >= 1.2)",
-           lambda n: n["mentor_entropy_end_of_guidance"] / n["grpo_entropy_end_of_guidance"], lambda v: v >= 1.2,
+    Effect("final val accuracy, MENTOR - {other} (>= +0.05)",
+           lambda n, other: n["final_val_accuracy"] - n[f"{other}_final_val_accuracy"], lambda v: v >= 0.05, every_seed=True),
+    Effect("pass@32, MENTOR - {other} (> 0)",
+           lambda n, other: n["mentor_pass_at_32"] - n[f"{other}_pass_at_32"], lambda v: v > 0, every_seed=True),
+    Effect("entropy at the end of guidance, MENTOR / {other} (mean >= 1.2)",
+           lambda n, other: n["mentor_entropy_end_of_guidance"] / n[f"{other}_entropy_end_of_guidance"], lambda v: v >= 1.2,
            every_seed=False, value_format="{:.2f}"),
 )
 
@@ -84,58 +103,67 @@ def _spread(values: list[float]) -> dict[str, float]:
             "min": min(values), "max": max(values)}
 
 
-def summarize(per_seed: dict[int, dict[str, float]]) -> dict:
-    """Mean and spread of every number over seeds, and each effect with whether it holds: on
-    every seed (per-seed claims) or on the mean (the entropy claim). An effect whose numbers
-    are missing (pass@k skipped) is reported as not measured."""
+def summarize(per_seed: dict[int, dict[str, float]], methods: Sequence[str] = DEFAULT_METHODS) -> dict:
+    """Mean and spread of every number over seeds, and each effect against every other method
+    in `methods`, with whether it holds: on every seed (per-seed claims) or on the mean (the
+    entropy claim). An effect whose numbers are missing (pass@k skipped) is reported as not
+    measured."""
     keys = sorted({key for numbers in per_seed.values() for key in numbers})
     spread = {key: _spread([n[key] for n in per_seed.values()]) for key in keys
               if all(isinstance(n.get(key), (int, float)) for n in per_seed.values())}
     effects = []
     for effect in EFFECTS:
-        try:
-            values = {seed: effect.value(numbers) for seed, numbers in per_seed.items()}
-        except KeyError:
-            effects.append({"effect": effect.name, "measured": False})
-            continue
-        holds = all(effect.holds(v) for v in values.values()) if effect.every_seed else effect.holds(statistics.fmean(values.values()))
-        effects.append({"effect": effect.name, "measured": True, "per_seed": values, "value_format": effect.value_format,
-                        **_spread(list(values.values())),
-                        "judged_on": "every seed" if effect.every_seed else "mean over seeds", "holds": holds})
-    return {"seeds": sorted(per_seed), "per_seed": per_seed, "spread": spread, "effects": effects}
+        for other in (m for m in methods if m != "mentor"):
+            name = effect.name.format(other=METHOD_NAMES[other])
+            try:
+                values = {seed: effect.value(numbers, other) for seed, numbers in per_seed.items()}
+            except KeyError:
+                effects.append({"effect": name, "against": other, "measured": False})
+                continue
+            mean = statistics.fmean(values.values())
+            holds = all(effect.holds(v) for v in values.values()) if effect.every_seed else effect.holds(mean)
+            effects.append({"effect": name, "against": other, "measured": True, "per_seed": values,
+                            "value_format": effect.value_format, **_spread(list(values.values())),
+                            "judged_on": "every seed" if effect.every_seed else "mean over seeds", "holds": holds})
+    return {"methods": list(methods), "seeds": sorted(per_seed), "per_seed": per_seed, "spread": spread, "effects": effects}
 
 
-# Rows of the per-seed table: (label, key in a seed's numbers).
-TABLE_ROWS = (
-    ("val accuracy at step 0", "initial_val_accuracy"),
-    ("final val accuracy, MENTOR", "final_val_accuracy"),
-    ("final val accuracy, GRPO", "grpo_final_val_accuracy"),
-    ("pass@1, MENTOR / GRPO", ("mentor_pass_at_1", "grpo_pass_at_1")),
-    ("pass@8, MENTOR / GRPO", ("mentor_pass_at_8", "grpo_pass_at_8")),
-    ("pass@32, MENTOR / GRPO", ("mentor_pass_at_32", "grpo_pass_at_32")),
-    ("entropy while guided, MENTOR / GRPO", ("mentor_entropy_while_guided", "grpo_entropy_while_guided")),
-    ("entropy at end of guidance, MENTOR / GRPO", ("mentor_entropy_end_of_guidance", "grpo_entropy_end_of_guidance")),
-    ("reward while guided, mixed / on-policy", ("mixed_reward_while_guided", "on_policy_reward_while_guided")),
-    ("final model stops early (T=1), MENTOR / GRPO", ("mentor_early_stop_rate", "grpo_early_stop_rate")),
-    ("final model swaps operands (T=1), MENTOR / GRPO", ("mentor_swapped_share", "grpo_swapped_share")),
-    ("final model accuracy (T=1), MENTOR / GRPO", ("mentor_sampled_accuracy", "grpo_sampled_accuracy")),
-)
+def table_rows(methods: Sequence[str]) -> list[tuple[str, str | tuple[str, ...]]]:
+    """Rows of the per-seed table: (label, key in a seed's numbers, or keys shown as a / b).
+    Each number every method has gets one row per method, in `methods` order."""
+
+    def each(label: str, number: str) -> list[tuple[str, str]]:
+        # MENTOR's final accuracy under its historical key, which every stored comparison has.
+        return [(f"{label}, {METHOD_NAMES[m]}", "final_val_accuracy" if f"{m}_{number}" == "mentor_final_val_accuracy"
+                 else f"{m}_{number}") for m in methods]
+
+    return [
+        ("val accuracy at step 0", "initial_val_accuracy"),
+        *each("final val accuracy", "final_val_accuracy"),
+        *(row for k in (1, 8, 32) for row in each(f"pass@{k}", f"pass_at_{k}")),
+        *each("entropy while guided", "entropy_while_guided"),
+        *each("entropy at end of guidance", "entropy_end_of_guidance"),
+        ("reward while guided, MENTOR mixed / on-policy", ("mixed_reward_while_guided", "on_policy_reward_while_guided")),
+        *each("final model stops early (T=1)", "early_stop_rate"),
+        *each("final model swaps operands (T=1)", "swapped_share"),
+        *each("final model accuracy (T=1)", "sampled_accuracy"),
+    ]
 
 
 def summary_markdown(summary: dict) -> str:
     seeds = summary["seeds"]
     per_seed, spread = summary["per_seed"], summary["spread"]
 
-    def cell(numbers: dict, key: str | tuple[str, str]) -> str:
+    def cell(numbers: dict, key: str | tuple[str, ...]) -> str:
         keys = (key,) if isinstance(key, str) else key
         return " / ".join(f"{numbers[k]:.3f}" if k in numbers else "-" for k in keys)
 
-    def mean_cell(key: str | tuple[str, str]) -> str:
+    def mean_cell(key: str | tuple[str, ...]) -> str:
         keys = (key,) if isinstance(key, str) else key
         return " / ".join(f"{spread[k]['mean']:.3f} ± {spread[k]['std']:.3f}" if k in spread else "-" for k in keys)
 
     lines = ["| | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |", "|---|" + "---|" * (len(seeds) + 1)]
-    for label, key in TABLE_ROWS:
+    for label, key in table_rows(summary.get("methods", DEFAULT_METHODS)):
         first_key = key if isinstance(key, str) else key[0]
         if any(first_key in per_seed[s] for s in seeds):
             lines.append(f"| {label} | " + " | ".join(cell(per_seed[s], key) for s in seeds) + f" | {mean_cell(key)} |")
@@ -153,8 +181,8 @@ def summary_markdown(summary: dict) -> str:
 
 def pass_at_k_comparison(runs: dict[str, Path], root: Path, samples: int, limit: int | None,
                          eval_file: str | None = None) -> dict[str, float]:
-    """Both final models on the held-out problems, `samples` samples each (T=0.6): pass@k
-    against k, the paper's exploration claim. Drawn into plots/pass_at_k.png. eval_file: the
+    """Every run's final model (label -> run folder) on the held-out problems, `samples` samples
+    each (T=0.6): pass@k against k, the paper's exploration claim, as `<label>_pass_at_<k>`. Drawn into plots/pass_at_k.png. eval_file: the
     held-out problems (default: the default toy world's)."""
     import matplotlib
 
@@ -187,8 +215,8 @@ def pass_at_k_comparison(runs: dict[str, Path], root: Path, samples: int, limit:
 
 
 def habits_comparison(runs: dict[str, Path], eval_path: str, limit: int | None) -> dict[str, float]:
-    """The toy habits of both final models, sampled at T=1 on the held-out problems: what the
-    accuracy difference is made of (finishing the working, the operand order it writes)."""
+    """The toy habits of every run's final model, sampled at T=1 on the held-out problems: what
+    the accuracy differences are made of (finishing the working, the operand order it writes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mentor_ray.toy_world.evaluate import sampled_habits
@@ -204,11 +232,13 @@ def habits_comparison(runs: dict[str, Path], eval_path: str, limit: int | None) 
 
 
 def seed_numbers(runs: dict[str, Path], root: Path, config: MentorConfig, pass_at_k_samples: int) -> dict[str, float]:
+    """One seed's numbers from its runs (method -> run folder, MENTOR's among them); `config`
+    is MENTOR's."""
     from mentor_ray.run_inputs import TOY_SCHEME, resolve_data_path
 
     plot_runs(runs, root / "plots")
-    numbers = comparison(read_metrics(runs["mentor"] / "metrics.jsonl"), read_metrics(runs["grpo"] / "metrics.jsonl"),
-                         config.guidance.decay_steps)
+    histories = {method: read_metrics(run_dir / "metrics.jsonl") for method, run_dir in runs.items()}
+    numbers = comparison(histories.pop("mentor"), histories, config.guidance.decay_steps)
     eval_file = resolve_data_path(config.data.eval_path, "data.eval_path") if config.data.eval_path else None
     if pass_at_k_samples:
         numbers.update(pass_at_k_comparison(runs, root, pass_at_k_samples, config.eval.max_problems, eval_file))
@@ -217,13 +247,19 @@ def seed_numbers(runs: dict[str, Path], root: Path, config: MentorConfig, pass_a
     return numbers
 
 
-def train_pair(config_file: Path, overrides: list[str], root: Path) -> dict[str, Path]:
+def method_configs(config_file: Path, overrides: list[str], methods: Sequence[str], root: Path) -> dict[str, MentorConfig]:
+    """Each method's run of the recipe: its overrides, its own folder `root/<method>`."""
+    return {method: load_config(config_file, overrides + method_overrides(method)
+                                + [f"logging.run_root={root}", f"logging.run_name={method}"]) for method in methods}
+
+
+def train_methods(configs: dict[str, MentorConfig]) -> dict[str, Path]:
+    """Every method's run, one after the other, each on a fresh Ray instance."""
     import ray
 
     runs = {}
-    for label, extra in (("mentor", []), ("grpo", ["rollout.n_mixed=0"])):
-        run_config = load_config(config_file, overrides + extra + [f"logging.run_root={root}", f"logging.run_name={label}"])
-        runs[label] = Path(run_training(run_config).run_dir)
+    for method, config in configs.items():
+        runs[method] = Path(run_training(config).run_dir)
         ray.shutdown()
     return runs
 
@@ -238,49 +274,95 @@ def _seed_list(text: str) -> list[int]:
     return seeds
 
 
+def _checked_methods(methods: list[str], text: str) -> list[str]:
+    for method in methods:
+        if method not in METHOD_NAMES:
+            raise argparse.ArgumentTypeError(f"{text!r}: {method!r} is not a method (one of {', '.join(METHOD_NAMES)})")
+    if len(set(methods)) != len(methods):
+        raise argparse.ArgumentTypeError(f"{text!r}: a method is repeated")
+    if "mentor" not in methods:
+        raise argparse.ArgumentTypeError(f"{text!r}: mentor is missing (the comparison judges MENTOR against the others)")
+    return methods
+
+
+def _method_list(text: str) -> list[str]:
+    return _checked_methods(text.split(","), text)
+
+
+def _run_locations(items: list[str]) -> dict[str, str]:
+    """--runs: two folders (MENTOR's, GRPO's) or METHOD=FOLDER pairs."""
+    pairs = [item.partition("=") for item in items]
+    labelled = [head.isidentifier() and bool(sep) for head, sep, _ in pairs]
+    if not any(labelled):
+        if len(items) != 2:
+            raise argparse.ArgumentTypeError(f"{' '.join(items)!r}: expected MENTOR_RUN GRPO_RUN, or METHOD=RUN for each method")
+        return {"mentor": items[0], "grpo": items[1]}
+    if not all(labelled):
+        raise argparse.ArgumentTypeError(f"{' '.join(items)!r}: name every run's method (METHOD=RUN) or give exactly "
+                                         "MENTOR_RUN GRPO_RUN")
+    _checked_methods([head for head, _, _ in pairs], " ".join(items))
+    return {head: location for head, _, location in pairs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE)
-    parser.add_argument("--seeds", type=_seed_list, help="RL seeds, comma-separated (42,43,44): one MENTOR/GRPO pair each "
+    parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE, help="YAML recipe of the MENTOR run (default: the toy world's)")
+    parser.add_argument("--methods", type=_method_list, metavar="mentor,grpo,...",
+                        help=f"methods trained on every seed, comma-separated, mentor among them (of {','.join(METHOD_NAMES)}; "
+                        f"default: {','.join(DEFAULT_METHODS)}); every method but MENTOR runs with algorithm.method=<name> "
+                        "and rollout.n_mixed=0")
+    parser.add_argument("--seeds", type=_seed_list, help="RL seeds, comma-separated (42,43,44): every method trains once on each "
                         "(default: the recipe's seed)")
-    parser.add_argument("--runs", nargs=2, metavar=("MENTOR_RUN", "GRPO_RUN"),
-                        help="compare two finished run folders (local paths or URIs such as s3://bucket/runs/x) instead of training")
+    parser.add_argument("--runs", nargs="+", metavar="RUN",
+                        help="compare finished run folders (local paths or URIs such as s3://bucket/runs/x) instead of "
+                        "training: MENTOR_RUN GRPO_RUN, or METHOD=RUN for each method (mentor=... grpo=... luffy=...)")
     parser.add_argument("--pass-at-k-samples", type=int, default=32,
-                        help="samples per held-out problem for both final models' pass@k (0: skip)")
-    parser.add_argument("overrides", nargs="*")
+                        help="samples per held-out problem for every final model's pass@k (0: skip)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides for every method's run, e.g. total_steps=20")
     args = parser.parse_args(argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     overrides = list(args.overrides)
-    config = load_config(args.config, overrides)
-    per_seed: dict[int, dict[str, float]] = {}
-    pairs: dict[int, dict[str, Path]] = {}
     if args.runs:
         if args.seeds:
-            parser.error("--runs compares two finished runs; --seeds trains new ones")
+            parser.error("--runs compares finished runs; --seeds trains new ones")
+        if args.methods:
+            parser.error("--runs names its methods (METHOD=RUN); --methods is for training new runs")
         try:
-            return compare_finished_runs(args.runs[0], args.runs[1], stamp, args.pass_at_k_samples)
+            locations = _run_locations(args.runs)
+        except argparse.ArgumentTypeError as error:
+            parser.error(f"--runs: {error}")
+        try:
+            return compare_finished_runs(locations, stamp, args.pass_at_k_samples)
         except storage.StorageError as error:
             print(f"error: --runs: {error}", file=sys.stderr)
             return 2
-    else:
-        root = Path(config.logging.run_root) / f"compare-{stamp}"
-        seeds = args.seeds or [config.seed]
-        for seed in seeds:
-            seed_root = root if len(seeds) == 1 else root / f"seed-{seed}"
-            seed_overrides = overrides + [f"seed={seed}"]
-            pairs[seed] = train_pair(args.config, seed_overrides, seed_root)
-            per_seed[seed] = seed_numbers(pairs[seed], seed_root, load_config(args.config, seed_overrides), args.pass_at_k_samples)
-            (seed_root / "comparison.json").write_text(json.dumps({"seed": seed, **per_seed[seed]}, indent=2))
-    write_summary(per_seed, pairs, root)
+    methods = args.methods or list(DEFAULT_METHODS)
+    try:  # every run's config checked before the first one trains
+        recipe = load_config(args.config, overrides)
+        root = Path(recipe.logging.run_root) / f"compare-{stamp}"
+        seeds = args.seeds or [recipe.seed]
+        seed_roots = {seed: root if len(seeds) == 1 else root / f"seed-{seed}" for seed in seeds}
+        configs = {seed: method_configs(args.config, overrides + [f"seed={seed}"], methods, seed_roots[seed]) for seed in seeds}
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    per_seed: dict[int, dict[str, float]] = {}
+    runs: dict[int, dict[str, Path]] = {}
+    for seed in seeds:
+        runs[seed] = train_methods(configs[seed])
+        per_seed[seed] = seed_numbers(runs[seed], seed_roots[seed], configs[seed]["mentor"], args.pass_at_k_samples)
+        (seed_roots[seed] / "comparison.json").write_text(json.dumps({"seed": seed, **per_seed[seed]}, indent=2))
+    write_summary(per_seed, runs, root, methods)
     print(f"summary: {root / 'summary.md'}\nplots: {root / 'plots'}")
     return 0
 
 
-def write_summary(per_seed: dict[int, dict[str, float]], pairs: dict[int, dict[str, Path]], root: Path) -> None:
-    summary = summarize(per_seed)
+def write_summary(per_seed: dict[int, dict[str, float]], runs: dict[int, dict[str, Path]], root: Path,
+                  methods: Sequence[str]) -> None:
+    summary = summarize(per_seed, methods)
     (root / "summary.json").write_text(json.dumps(summary, indent=2))
     (root / "summary.md").write_text(summary_markdown(summary))
-    plot_seeds(pairs, root / "plots")
+    plot_seeds(runs, root / "plots")
     print(summary_markdown(summary))
 
 
@@ -288,22 +370,23 @@ def write_summary(per_seed: dict[int, dict[str, float]], pairs: dict[int, dict[s
 RUN_FILES_COMPARED = ("metrics.jsonl", "config.yaml", "final_model")
 
 
-def compare_finished_runs(mentor_run: str, grpo_run: str, stamp: str, pass_at_k_samples: int) -> int:
-    """Both runs read where they are (local folders, or copies of what the comparison needs
-    from shared storage); the comparison is written beside the MENTOR run, as `compare-<stamp>`."""
-    output = storage.join(storage.parent(mentor_run), f"compare-{stamp}")
+def compare_finished_runs(locations: dict[str, str], stamp: str, pass_at_k_samples: int) -> int:
+    """Every run (method -> location) read where it is (local folders, or copies of what the
+    comparison needs from shared storage); the comparison is written beside the MENTOR run, as
+    `compare-<stamp>`."""
+    output = storage.join(storage.parent(locations["mentor"]), f"compare-{stamp}")
     with contextlib.ExitStack() as stack:
         runs = {}
-        for label, location in (("mentor", mentor_run), ("grpo", grpo_run)):
-            runs[label] = stack.enter_context(storage.local_copy(location, only=RUN_FILES_COMPARED))
-            missing = [name for name in RUN_FILES_COMPARED if not (runs[label] / name).exists()]
+        for method, location in locations.items():
+            runs[method] = stack.enter_context(storage.local_copy(location, only=RUN_FILES_COMPARED))
+            missing = [name for name in RUN_FILES_COMPARED if not (runs[method] / name).exists()]
             if missing:
-                raise storage.StorageNotFoundError(f"the {label} run {location} is not a finished run folder (no {', '.join(missing)})")
+                raise storage.StorageNotFoundError(f"the {method} run {location} is not a finished run folder (no {', '.join(missing)})")
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mentor-compare-"))) if storage.is_uri(output) else Path(output)
         config = load_config(runs["mentor"] / "config.yaml")
         per_seed = {config.seed: seed_numbers(runs, root, config, pass_at_k_samples)}
         (root / "comparison.json").write_text(json.dumps({"seed": config.seed, **per_seed[config.seed]}, indent=2))
-        write_summary(per_seed, {config.seed: runs}, root)
+        write_summary(per_seed, {config.seed: runs}, root, list(locations))
         if storage.is_uri(output):
             storage.upload_dir(root, output)
     print(f"summary: {storage.join(output, 'summary.md')}\nplots: {storage.join(output, 'plots')}")
