@@ -241,10 +241,13 @@ def _node_reference(configured: str, resolved: str) -> str:
 def load_tokenized_problems(
     path: str, config: MentorConfig, tokenizer, system_prompt: str, label: str, limit: int | None = None,
     say: Callable[[str], None] = print,
+    transform: Callable[[list[Problem]], list[Problem]] | None = None,
 ) -> tuple[list[TokenizedProblem], dict[str, int]]:
     """Load, validate, render through the chat template, tokenize and length-filter a dataset.
 
     say: where the counts of skipped rows are told (the run's console).
+    transform: applied to the loaded problems before they are rendered and length-filtered
+    (QuestA's hints: mentor_ray.data.hints); None keeps them as loaded.
     """
     fields = data_row_fields(path, config, f"data.{label}_path")
     report = load_problems(
@@ -255,6 +258,8 @@ def load_tokenized_problems(
         answer_from=fields.answer_from,
     )
     problems: list[Problem] = report.problems[:limit] if limit else report.problems
+    if transform is not None:
+        problems = transform(problems)
     kept, too_long = filter_long_prompts(problems, tokenizer, config.data.max_prompt_tokens, system_prompt)
     tokenized = [
         TokenizedProblem(
