@@ -87,7 +87,9 @@ def make_run_dir(config: MentorConfig) -> str:
     """The run's folder, a local path or a URI (`logging.run_root` may be either):
     logging.run_name (reused if it exists: a resume finds itself there), else a new
     `<algorithm>-<time>` folder, suffixed when runs start in the same second."""
-    algorithm = "mentor" if config.guided else "grpo"
+    from mentor_ray.core.methods import algorithm_name
+
+    algorithm = algorithm_name(config).lower()
     stem = time.strftime(f"{algorithm}-%Y%m%d-%H%M%S")
     if storage.is_uri(config.logging.run_root):
         return _make_uri_run_dir(config, stem)

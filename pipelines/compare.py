@@ -33,19 +33,13 @@ from mentor_ray import storage
 from mentor_ray.config import ConfigError, MentorConfig, load_config
 from mentor_ray.metrics import end_of_guidance_step, mean_of, read_metrics, window_mean
 from mentor_ray.plots import plot_runs, plot_seeds
-from pipelines.train import DEFAULT_RECIPE, run_training
+from pipelines.train import DEFAULT_RECIPE, method_overrides, run_training
 
 PASS_AT_K_TEMPERATURE = 0.6
 
 # The methods a comparison can train (config.py's algorithm.method), with the names tables use.
 METHOD_NAMES = {"mentor": "MENTOR", "grpo": "GRPO", "luffy": "LUFFY", "questa": "QuestA"}
 DEFAULT_METHODS = ("mentor", "grpo")
-
-
-def method_overrides(method: str) -> list[str]:
-    """What turns the recipe (a MENTOR run) into `method`'s run: nothing for MENTOR; every other
-    method is named and makes no mixed-policy samples (config.py refuses it otherwise)."""
-    return [] if method == "mentor" else [f"algorithm.method={method}", "rollout.n_mixed=0"]
 
 
 def comparison(mentor: list[dict], others: dict[str, list[dict]] | list[dict], decay_steps: int) -> dict[str, float]:

@@ -242,7 +242,7 @@ def test_method_overrides_and_names():
     from pipelines.compare import METHOD_NAMES, method_overrides
 
     assert list(METHOD_NAMES) == list(get_args(get_type_hints(AlgorithmConfig)["method"]))
-    assert method_overrides("mentor") == []
+    assert method_overrides("mentor") == ["algorithm.method=mentor"]  # a recipe naming another method cannot turn it
     for method in ("grpo", "luffy", "questa"):
         assert sorted(method_overrides(method)) == [f"algorithm.method={method}", "rollout.n_mixed=0"]
 

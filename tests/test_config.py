@@ -63,6 +63,14 @@ def test_int_is_accepted_for_float():
         (["model.dtype=bfloat16"], ["deepspeed.bf16=False", "model.dtype=bfloat16"]),
         (["loss.kl_coef=0.01"], ["loss.kl_coef=0.01", "reference model"]),
         (["optimizer.logit_chunk_tokens=0"], ["optimizer.logit_chunk_tokens=0", ">= 1"]),
+        # Settings a method cannot run with (issue 22).
+        (["algorithm.method=ppo"], ["algorithm.method='ppo'", "one of ['mentor', 'grpo', 'luffy', 'questa']"]),
+        (["algorithm.method=luffy"], ["rollout.n_mixed=4", "must be 0 for algorithm.method=luffy", "--method luffy"]),
+        (["algorithm.method=questa", "rollout.n_mixed=0", "model.expert_path=null"],
+         ["model.expert_path=None", "algorithm.method=questa", "traces come from the expert"]),
+        (["algorithm.method=luffy", "rollout.n_mixed=0", "algorithm.shaping_gamma=0"], ["algorithm.shaping_gamma=0", "> 0"]),
+        (["algorithm.hint_fraction=1.5"], ["algorithm.hint_fraction=1.5", "(0, 1]"]),
+        (["algorithm.expert_trace_samples=0"], ["algorithm.expert_trace_samples=0", ">= 1"]),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(override, expected_fragments):
@@ -82,6 +90,26 @@ def test_all_errors_are_reported_at_once():
 def test_grpo_baseline_needs_no_expert():
     config = load_config(None, ["rollout.n_mixed=0", "model.expert_path=null"])
     assert config.rollout.n_mixed == 0 and config.model.expert_path is None
+
+
+@pytest.mark.parametrize("recipe", ["configs/qwen2.5-3b.yaml", "configs/qwen2.5-7b.yaml", "configs/llama3.1-8b.yaml",
+                                    "pipelines/recipes/toy_hesitant.yaml"])
+@pytest.mark.parametrize("method", ["mentor", "grpo", "luffy", "questa"])
+def test_every_recipe_loads_with_every_method_and_keeps_the_shared_settings(recipe, method):
+    """`--method NAME` on a paper recipe: the method, no mixed samples but for MENTOR, and
+    everything the methods share (data, lr, steps, loss, group size) untouched."""
+    from pathlib import Path
+
+    from pipelines.train import method_overrides
+
+    path = Path(__file__).resolve().parents[1] / recipe
+    base, config = load_config(path), load_config(path, method_overrides(method))
+    assert config.algorithm.method == method
+    assert config.rollout.n_mixed == (base.rollout.n_mixed if method == "mentor" else 0)
+    assert config.guided == (method == "mentor")
+    for section in ("data", "optimizer", "loss", "model"):
+        assert getattr(config, section) == getattr(base, section), section
+    assert (config.total_steps, config.rollout.n_on_policy, config.seed) == (base.total_steps, base.rollout.n_on_policy, base.seed)
 
 
 def test_file_errors(tmp_path):

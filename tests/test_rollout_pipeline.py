@@ -141,3 +141,36 @@ def test_engine_killed_mid_run_loses_and_duplicates_nothing(setup, toy_world):
     version, pid_after = ray.get(victim.weights_version_and_pid.remote())
     assert pid_after != pid_before  # really restarted
     assert version == 1  # caught up with the published weights
+
+
+@pytest.mark.parametrize("divide_by_std", [False, True])
+def test_a_luffy_group_holds_the_expert_trace_graded_and_advantaged_with_its_samples(setup, toy_world, divide_by_std):
+    """LUFFY's group: N1 - 1 policy samples and the problem's stored expert trace, graded with
+    the same reward; advantages over the whole group (mean only, or also / std); the trace's
+    behaviour log-probs are 0 (probability 1)."""
+    from mentor_ray.core.advantages import luffy_advantages
+    from mentor_ray.core.methods import LuffyGroupAdvantages
+
+    _, problems, roles = setup
+    tokenizer = AutoTokenizer.from_pretrained(toy_world.policy_dir)
+    prompts = []
+    for i, p in enumerate(problems[:8]):
+        # Half the traces right, half wrong: the grader, not the row's origin, decides the reward.
+        text = f"<think>x</think> \\boxed{{{p.answer if i % 2 == 0 else int(p.answer) + 1}}}"
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        prompts.append(PromptRecord(i, p.problem_id, p.answer, p.prompt_token_ids, ids, text))
+    plan = _plan(n_on_policy=N_ON - 1, n_mixed=0, alpha=0.0, expert_traces_per_group=1,
+                 advantages=LuffyGroupAdvantages(divide_by_std))
+    rows = run_rollout(prompts, plan, roles).rows
+    assert len(rows) == 8 * N_ON
+    for record in prompts:
+        group = [r for r in rows if r["prompt_index"] == record.prompt_index]
+        traces = [r for r in group if r["is_expert_trace"]]
+        assert len(group) == N_ON and len(traces) == 1
+        (trace,) = traces
+        assert list(trace["response_token_ids"]) == record.expert_trace_token_ids and not trace["is_mixed"]
+        assert trace["accuracy"] == (1.0 if record.prompt_index % 2 == 0 else 0.0)
+        assert list(trace["behaviour_log_probs"]) == [0.0] * len(record.expert_trace_token_ids)
+        expected = luffy_advantages(torch.tensor([r["reward"] for r in group]), torch.zeros(N_ON), divide_by_std)
+        assert [r["advantage"] for r in group] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert any(r["advantage"] != 0 for r in rows)

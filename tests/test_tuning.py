@@ -785,3 +785,19 @@ def test_a_trial_builds_its_config_where_the_base_config_file_is_not(tmp_path, m
     assert all(c.total_steps == 6 and c.placement.engines == {"mentor-ray/node-type": "engines"} for c in configs)
     assert configs[0].placement.learners == {"mentor-ray/node-type": "learners"}
     assert configs[0].logging.run_root == "s3://bucket/sweeps/toy-cluster-sweep/runs"
+
+
+def test_a_sweep_can_choose_the_method_and_each_trial_runs_it(tmp_path):
+    """`algorithm.method` as a choice: every method passes the sweep's pre-flight, and a trial of
+    LUFFY or QuestA makes no mixed samples whatever guidance ratio it drew."""
+    from tuning.space import trial_config
+
+    spec = check_sweep(_sweep(tmp_path, parameters={
+        "algorithm.method": {"choice": ["mentor", "grpo", "luffy", "questa"]},
+        "rollout.guidance_ratio": {"choice": [0.0, 1 / 3]},
+    }))
+    for method in ("mentor", "grpo", "luffy", "questa"):
+        config = trial_config(spec, {"algorithm.method": method, "rollout.guidance_ratio": 1 / 3})
+        assert config.algorithm.method == method
+        assert (config.rollout.n_mixed > 0) == (method == "mentor")
+        assert config.rollout.n_on_policy == 8  # the ratio's N1 whatever the method

@@ -103,10 +103,14 @@ class TrialRow:
 
     @property
     def is_grpo(self) -> bool:
-        return self.config is not None and self.config.rollout.n_mixed == 0
+        return self.config is not None and self.config.algorithm.method in ("mentor", "grpo") and self.config.rollout.n_mixed == 0
 
     @property
     def label(self) -> str:
+        from mentor_ray.core.methods import algorithm_name
+
+        if self.config is not None and self.config.algorithm.method in ("luffy", "questa"):
+            return f"{self.record.trial_id} ({algorithm_name(self.config)})"
         return f"{self.record.trial_id}" + (" (GRPO)" if self.is_grpo else "")
 
     @property

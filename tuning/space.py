@@ -23,6 +23,10 @@ vocabulary (the largest possible entropy is ln V).
 `rollout.guidance_ratio` is N2 / (N1 + N2) with N1 + N2 kept at the base config's value:
 ratio 0 is the on-policy GRPO baseline.
 
+`algorithm.method` may be a choice (mentor, grpo, luffy, questa): a trial of a method other
+than mentor makes no mixed samples (rollout.n_mixed = 0), as `python -m pipelines.train
+--method NAME` does.
+
 Every value a parameter can take (a choice's items, a range's ends) and every point to
 evaluate is put through the run config's own checks first; a value the config refuses stops
 the sweep before any trial, naming the parameter.
@@ -53,6 +57,7 @@ from mentor_ray.metrics import STEP_METRICS, is_step_metric
 from pipelines.plan import check_plan
 
 GUIDANCE_RATIO = "rollout.guidance_ratio"
+METHOD = "algorithm.method"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SCALES = ("log_vocab",)
 ALGORITHMS = ("tpe", "random")
@@ -330,6 +335,8 @@ def trial_config(spec: SweepSpec, params: dict[str, Any], run_root: str | None =
             _set_guidance_ratio(tree, float(value))
         else:
             set_dotted(tree, key, value)
+    if params.get(METHOD, "mentor") != "mentor":
+        set_dotted(tree, "rollout.n_mixed", 0)  # after a swept guidance ratio: the method decides
     if run_root is not None:
         set_dotted(tree, "logging.run_root", run_root)
     if run_name is not None:
