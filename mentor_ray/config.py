@@ -128,11 +128,19 @@ class AlgorithmConfig:
     hint_fraction: float = 0.5
     # QuestA: a shorter hint is not given (the problem keeps its plain prompt).
     min_hint_chars: int = 10
+    # QuestA: what the hint is cut from: the expert's final solution, the text after </think>
+    # (QuestA's rule, for reasoning models that restate the solution after thinking), or the
+    # whole response (the toy worlds, whose worked steps are all inside <think> and whose
+    # final solution is only the boxed answer).
+    hint_from: Literal["final_solution", "whole_response"] = "final_solution"
     # Expert traces (LUFFY, QuestA): samples the expert makes per problem; the first correct
     # one is kept. Stored under expert_traces_dir (default <logging.run_root>/expert_traces),
     # one file per expert, data and prompt, and reused by every later run.
     expert_trace_samples: int = 4
     expert_traces_dir: str | None = None
+    # The traces' own sampling seed, not the run's: they are data prepared once, so runs of
+    # every RL seed (pipelines.compare --seeds) train on the same traces.
+    expert_trace_seed: int = 0
 
     @property
     def uses_expert_traces(self) -> bool:

@@ -80,7 +80,7 @@ def test_every_stored_trace_is_correct_and_the_rest_are_counted(first_build):
     assert [set(row) for row in stored] == [{"problem_id", "text", "token_ids"}] * len(built.traces)
     meta = json.loads(Path(built.location).with_suffix(".meta.json").read_text())
     assert (meta["problems"], meta["with_trace"], meta["without_trace"]) == (PROBLEMS, len(built.traces), built.without_trace)
-    assert meta["covers"]["samples"] == 4 and meta["covers"]["seed"] == config.seed
+    assert meta["covers"]["samples"] == 4 and meta["covers"]["seed"] == config.algorithm.expert_trace_seed
     assert meta["covers"]["expert"]["toy"] == "toy://expert"
 
 
@@ -99,13 +99,15 @@ def test_a_second_build_reuses_the_file(first_build):
 
 def test_a_changed_setting_makes_a_new_file(first_build):
     root, train, _, _, built, _, _ = first_build
-    config = _config(root, train, "seed=7", "algorithm.expert_trace_samples=1")
+    config = _config(root, train, "algorithm.expert_trace_seed=7", "algorithm.expert_trace_samples=1")
     paths = resolve_run_paths(config, str(root))
     other = build_expert_traces(config, paths, say=lambda _: None)
     assert other.reused is False and other.location != built.location
     assert Path(built.location).exists() and Path(other.location).exists()
     assert other.problems == PROBLEMS and UNSOLVABLE not in other.traces
     assert traces_location(_config(root, train, "rollout.temperature=0.7"), paths) not in (built.location, other.location)
+    # The run's own seed is not a trace setting: every RL seed of a comparison shares the traces.
+    assert traces_location(_config(root, train, "seed=7"), paths) == built.location
 
 
 def test_cli_refuses_a_bad_key_in_one_line(tmp_path):
@@ -126,7 +128,7 @@ def test_questa_prompts_from_the_built_traces(first_build):
 
     root, train, _, _, built, _, _ = first_build
     # The toy expert's final solution is "\boxed{N}": its first half is a hint of 4-5 characters.
-    config = _config(root, train, "algorithm.method=questa", "algorithm.min_hint_chars=4")
+    config = _config(root, train, "algorithm.method=questa", "algorithm.min_hint_chars=4", "algorithm.hint_from=final_solution")
     paths = resolve_run_paths(config, str(root))
     tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
     problems, metrics = hinted_tokenized_problems(config, paths, tokenizer, built.traces, say=lambda _: None)

@@ -48,6 +48,16 @@ def test_short_hint_keeps_the_plain_problem():
     assert hinted_problem("P", trace, "20", 1.0, 10)[1] == "hinted"  # 10 chars: not shorter
 
 
+def test_a_toy_trace_is_hinted_from_its_whole_response():
+    """algorithm.hint_from=whole_response (the toy recipes): a toy solution's steps are all inside
+    <think>, and its final solution, the boxed answer, is too short to hint."""
+    trace = "<think>3*9=27;3*4=12;27+12=39</think> \\boxed{39}"
+    assert hinted_problem("Compute 3*9+3*4", trace, "39", 0.5, 10) == ("Compute 3*9+3*4", "plain_short_prefix")
+    text, status = hinted_problem("Compute 3*9+3*4", trace, "39", 0.5, 10, whole_response=True)
+    assert status == "hinted" and text == f"Compute 3*9+3*4\n\n{HINT_HEADER}\n{trace[: len(trace) // 2]}"
+    assert text.endswith("<think>3*9=27;3*4=12;27+")
+
+
 def test_answer_missing_from_the_final_solution_drops_the_problem():
     # The answer only in the thinking, not after </think>: dropped.
     assert hinted_problem("P", "<think>it is 20</think> so \\boxed{21}", "20", 0.5, 0) == (None, "dropped_answer_missing")

@@ -7,7 +7,7 @@ problem at rollout.temperature, the project's reward grader marks them, and the 
 one is kept. A problem with no correct sample is counted, not an error.
 
 The traces are stored as one JSONL file per (expert model, training data, prompt, sampling
-settings, seed), named by a hash of those (`traces_location`), under
+settings, algorithm.expert_trace_seed), named by a hash of those (`traces_location`), under
 algorithm.expert_traces_dir (default `<logging.run_root>/expert_traces`, a local path or a URI),
 with a sidecar `<hash>.meta.json` saying what the hash covered and the counts. Every later run
 with the same settings reuses the file.
@@ -81,7 +81,7 @@ class ExpertTraceSet:
 
 
 # ---------------------------------------------------------------------------------------------
-# Where: one file per expert, data, prompt, sampling settings and seed.
+# Where: one file per expert, data, prompt, sampling settings and trace seed.
 
 
 def _sha256_file(path: Path) -> str:
@@ -136,7 +136,7 @@ def traces_fingerprint(config: MentorConfig, paths: RunPaths) -> dict[str, Any]:
         "top_p": config.rollout.top_p,
         "dtype": config.model.dtype,
         "samples": config.algorithm.expert_trace_samples,
-        "seed": config.seed,
+        "seed": config.algorithm.expert_trace_seed,
     }
 
 
@@ -223,7 +223,7 @@ def _start_engine(config: MentorConfig, expert_dir: str):
     settings = EngineSettings(
         dtype=config.model.dtype,
         max_model_len=config.model.max_model_len,
-        seed=config.seed,
+        seed=config.algorithm.expert_trace_seed,
         tensor_parallel_size=config.scaling.gpus_per_engine if config.scaling.use_gpu else 1,
         warm_up=False,  # one generation: a warm-up would only add to it
     )
@@ -250,7 +250,7 @@ def _first_correct(
             # Seeds by the problem's place in the whole set: the same samples whatever the batching.
             spec = SamplingSpec(
                 n=samples, max_new_tokens=config.rollout.max_response_tokens, temperature=config.rollout.temperature,
-                top_p=config.rollout.top_p, seed=config.seed + start * samples,
+                top_p=config.rollout.top_p, seed=config.algorithm.expert_trace_seed + start * samples,
             )
             results = engine.generate([p.prompt_token_ids for p in batch], spec)
             parts, _ = grader.grade([r.response_text for r in results], [batch[r.prompt_index].answer for r in results])

@@ -43,10 +43,11 @@ def hint_prefix(solution: str, fraction: float) -> str:
     return solution[: int(len(solution) * fraction)]
 
 
-def _hint(problem_text: str, trace_text: str | None, answer: str, fraction: float, min_chars: int) -> tuple[str | None, HintStatus, str]:
+def _hint(problem_text: str, trace_text: str | None, answer: str, fraction: float, min_chars: int,
+          whole_response: bool = False) -> tuple[str | None, HintStatus, str]:
     if trace_text is None:
         return None, "dropped_no_trace", ""
-    solution = final_solution(trace_text)
+    solution = trace_text.strip() if whole_response else final_solution(trace_text)
     if answer not in solution:
         return None, "dropped_answer_missing", ""
     prefix = hint_prefix(solution, fraction)
@@ -56,10 +57,12 @@ def _hint(problem_text: str, trace_text: str | None, answer: str, fraction: floa
 
 
 def hinted_problem(
-    problem_text: str, trace_text: str | None, answer: str, fraction: float, min_chars: int
+    problem_text: str, trace_text: str | None, answer: str, fraction: float, min_chars: int, whole_response: bool = False
 ) -> tuple[str | None, HintStatus]:
-    """(the prompt text, or None for a problem left out of training; what was done)."""
-    text, status, _ = _hint(problem_text, trace_text, answer, fraction, min_chars)
+    """(the prompt text, or None for a problem left out of training; what was done).
+    whole_response: cut the hint from the whole response, not only its final solution
+    (`algorithm.hint_from`)."""
+    text, status, _ = _hint(problem_text, trace_text, answer, fraction, min_chars, whole_response)
     return text, status
 
 
@@ -98,13 +101,13 @@ class _Hinted:
 
 
 def _hint_each(
-    problems: list[Problem], traces: Mapping[str, ExpertTrace | str], fraction: float, min_chars: int
+    problems: list[Problem], traces: Mapping[str, ExpertTrace | str], fraction: float, min_chars: int, whole_response: bool = False,
 ) -> list[_Hinted]:
     items = []
     for problem in problems:
         trace = traces.get(problem.problem_id)
         trace_text = trace if trace is None or isinstance(trace, str) else trace.text
-        text, status, prefix = _hint(problem.problem, trace_text, problem.answer, fraction, min_chars)
+        text, status, prefix = _hint(problem.problem, trace_text, problem.answer, fraction, min_chars, whole_response)
         items.append(_Hinted(problem, None if text is None else replace(problem, problem=text), status, len(prefix)))
     return items
 
@@ -122,11 +125,11 @@ def _stats(items: list[_Hinted], too_long: Sequence[_Hinted] = ()) -> HintStats:
 
 
 def apply_hints(
-    problems: list[Problem], traces: Mapping[str, ExpertTrace | str], fraction: float, min_chars: int
+    problems: list[Problem], traces: Mapping[str, ExpertTrace | str], fraction: float, min_chars: int, whole_response: bool = False,
 ) -> tuple[list[Problem], HintStats]:
     """The problems QuestA trains on, in order (hinted or plain; dropped ones left out), and
     the counts. traces: by problem id, an ExpertTrace or the response text itself."""
-    items = _hint_each(problems, traces, fraction, min_chars)
+    items = _hint_each(problems, traces, fraction, min_chars, whole_response)
     return [item.hinted for item in items if item.hinted is not None], _stats(items)
 
 
@@ -145,10 +148,11 @@ def hinted_tokenized_problems(
     from mentor_ray.run_inputs import load_tokenized_problems
 
     fraction, min_chars = config.algorithm.hint_fraction, config.algorithm.min_hint_chars
+    whole_response = config.algorithm.hint_from == "whole_response"
     outcome: dict[str, HintStats] = {}
 
     def with_hints(problems: list[Problem]) -> list[Problem]:
-        items = _hint_each(problems, traces, fraction, min_chars)
+        items = _hint_each(problems, traces, fraction, min_chars, whole_response)
         hinted = [item.hinted for item in items if item.status == "hinted"]
         fitting, _ = filter_long_prompts(hinted, tokenizer, config.data.max_prompt_tokens, paths.system_prompt)
         fits = {problem.problem_id for problem in fitting}
