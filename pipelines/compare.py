@@ -141,6 +141,7 @@ def table_rows(methods: Sequence[str]) -> list[tuple[str, str | tuple[str, ...]]
         *each("final model stops early (T=1)", "early_stop_rate"),
         *each("final model swaps operands (T=1)", "swapped_share"),
         *each("final model accuracy (T=1)", "sampled_accuracy"),
+        *each("final model's greedy response = the stored expert trace (train problems)", "trace_copy_share"),
     ]
 
 
@@ -225,6 +226,38 @@ def habits_comparison(runs: dict[str, Path], eval_path: str, limit: int | None) 
     return numbers
 
 
+TRACE_COPY_PROBLEMS = 256
+
+
+def trace_copy_comparison(runs: dict[str, Path], config: MentorConfig, limit: int = TRACE_COPY_PROBLEMS) -> dict[str, float]:
+    """How closely every final model copies the expert's stored traces (the ones LUFFY trained
+    on and QuestA cut its hints from): its greedy response to each training problem that has a
+    trace (the first `limit`), the share identical to the trace. The traces are the run's own
+    (mentor_ray.data.expert_traces; built if missing)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mentor_ray.data import load_problems
+    from mentor_ray.data.expert_traces import build_expert_traces
+    from mentor_ray.run_inputs import data_row_fields, resolve_run_paths
+    from mentor_ray.toy_world.evaluate import generate_responses
+
+    paths = resolve_run_paths(config, str(runs["mentor"]))
+    traces = build_expert_traces(config, paths, say=lambda _: None).traces
+    fields = data_row_fields(paths.train_path, config, "data.train_path")
+    problems = [p for p in load_problems(paths.train_path, problem_field=fields.problem_field, answer_field=fields.answer_field,
+                                         id_field=fields.id_field, answer_from=fields.answer_from).problems
+                if p.problem_id in traces][:limit]
+    numbers = {}
+    for label, run_dir in runs.items():
+        folder = run_dir / "final_model"
+        responses = generate_responses(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder),
+                                       [p.problem for p in problems], temperature=0.0,
+                                       max_new_tokens=config.rollout.max_response_tokens)
+        copies = [response.strip() == traces[p.problem_id].text.strip() for response, p in zip(responses, problems)]
+        numbers[f"{label}_trace_copy_share"] = sum(copies) / max(1, len(copies))
+    return numbers
+
+
 def seed_numbers(runs: dict[str, Path], root: Path, config: MentorConfig, pass_at_k_samples: int) -> dict[str, float]:
     """One seed's numbers from its runs (method -> run folder, MENTOR's among them); `config`
     is MENTOR's."""
@@ -238,6 +271,8 @@ def seed_numbers(runs: dict[str, Path], root: Path, config: MentorConfig, pass_a
         numbers.update(pass_at_k_comparison(runs, root, pass_at_k_samples, config.eval.max_problems, eval_file))
     if eval_file and config.data.eval_path.startswith(TOY_SCHEME):
         numbers.update(habits_comparison(runs, eval_file, config.eval.max_problems))
+        if any(method in runs for method in ("luffy", "questa")):
+            numbers.update(trace_copy_comparison(runs, config))
     return numbers
 
 

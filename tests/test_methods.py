@@ -31,13 +31,13 @@ def _run(method, tmp_path, train_path):
                           f"data.train_path={train_path}", f"algorithm.expert_traces_dir={tmp_path / 'traces'}")
     config.data.system_prompt = TOY_SYSTEM_PROMPT  # a file of toy problems, asked as the toy world asks
     try:
-        return run_training(config)
+        return run_training(config), config
     finally:
         ray.shutdown()
 
 
 def test_luffy_then_questa_train_on_the_same_stored_traces(toy_world, tmp_path, small_train_set):
-    luffy = _run("luffy", tmp_path, small_train_set)
+    luffy, luffy_config = _run("luffy", tmp_path, small_train_set)
     assert luffy.steps == 2 and luffy.stopped is None
     assert (tmp_path / "luffy").name in luffy.run_dir
     (trace_file,) = (tmp_path / "traces").glob("*.jsonl")
@@ -54,7 +54,7 @@ def test_luffy_then_questa_train_on_the_same_stored_traces(toy_world, tmp_path, 
     config_text = (tmp_path / "luffy" / "config.yaml").read_text()
     assert "method: luffy" in config_text and "luffy_divide_by_std: false" in config_text  # which advantage it used
 
-    questa = _run("questa", tmp_path, small_train_set)
+    questa, _ = _run("questa", tmp_path, small_train_set)
     assert questa.steps == 2 and questa.stopped is None
     assert list((tmp_path / "traces").glob("*.jsonl")) == [trace_file]  # built once, reused
     assert 0.5 < questa.metrics["data/questa_hinted_share"] <= 1
@@ -65,3 +65,16 @@ def test_luffy_then_questa_train_on_the_same_stored_traces(toy_world, tmp_path, 
     # Validation asks the plain problems: step 0 (before any update) scores as a plain-prompt run's.
     assert read_metrics(f"{questa.run_dir}/metrics.jsonl")[0]["val/greedy_accuracy"] == pytest.approx(
         read_metrics(f"{luffy.run_dir}/metrics.jsonl")[0]["val/greedy_accuracy"])
+
+    # The comparison's copy habit: the toy expert itself, greedy, often writes exactly the trace
+    # it once sampled; the barely trained policy, which stops early, rarely does.
+    from pathlib import Path
+
+    from pipelines.compare import trace_copy_comparison
+
+    expert_run = tmp_path / "expert-as-a-run"
+    expert_run.mkdir()
+    (expert_run / "final_model").symlink_to(toy_world.expert_dir)
+    numbers = trace_copy_comparison({"mentor": Path(luffy.run_dir), "expert": expert_run}, luffy_config, limit=16)
+    assert set(numbers) == {"mentor_trace_copy_share", "expert_trace_copy_share"}
+    assert numbers["expert_trace_copy_share"] > numbers["mentor_trace_copy_share"], numbers
