@@ -101,7 +101,8 @@ def test_a_changed_setting_makes_a_new_file(first_build):
     root, train, _, _, built, _, _ = first_build
     config = _config(root, train, "algorithm.expert_trace_seed=7", "algorithm.expert_trace_samples=1")
     paths = resolve_run_paths(config, str(root))
-    other = build_expert_traces(config, paths, say=lambda _: None)
+    # A stand-in engine (the real one built the first file): a new setting means a new build.
+    other = build_expert_traces(config, paths, say=lambda _: None, engine=_BoxedThree())
     assert other.reused is False and other.location != built.location
     assert Path(built.location).exists() and Path(other.location).exists()
     assert other.problems == PROBLEMS and UNSOLVABLE not in other.traces

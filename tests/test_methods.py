@@ -27,7 +27,7 @@ def _run(method, tmp_path, train_path):
 
     from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
 
-    config = short_config(tmp_path, *method_overrides(method), f"logging.run_name={method}", "total_steps=2",
+    config = short_config(tmp_path, *method_overrides(method), f"logging.run_name={method}", "total_steps=1",
                           f"data.train_path={train_path}", f"algorithm.expert_traces_dir={tmp_path / 'traces'}")
     config.data.system_prompt = TOY_SYSTEM_PROMPT  # a file of toy problems, asked as the toy world asks
     try:
@@ -38,7 +38,7 @@ def _run(method, tmp_path, train_path):
 
 def test_luffy_then_questa_train_on_the_same_stored_traces(toy_world, tmp_path, small_train_set):
     luffy, luffy_config = _run("luffy", tmp_path, small_train_set)
-    assert luffy.steps == 2 and luffy.stopped is None
+    assert luffy.steps == 1 and luffy.stopped is None
     assert (tmp_path / "luffy").name in luffy.run_dir
     (trace_file,) = (tmp_path / "traces").glob("*.jsonl")
     traces = {row["problem_id"]: row for row in map(json.loads, trace_file.read_text().splitlines())}
@@ -55,7 +55,7 @@ def test_luffy_then_questa_train_on_the_same_stored_traces(toy_world, tmp_path, 
     assert "method: luffy" in config_text and "luffy_divide_by_std: false" in config_text  # which advantage it used
 
     questa, _ = _run("questa", tmp_path, small_train_set)
-    assert questa.steps == 2 and questa.stopped is None
+    assert questa.steps == 1 and questa.stopped is None
     assert list((tmp_path / "traces").glob("*.jsonl")) == [trace_file]  # built once, reused
     assert 0.5 < questa.metrics["data/questa_hinted_share"] <= 1
     assert questa.metrics["data/questa_hint_chars_mean"] > 10
