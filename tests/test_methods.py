@@ -23,20 +23,25 @@ def small_train_set(toy_world, tmp_path_factory):
 
 
 def _run(method, tmp_path, train_path):
-    import ray
-
+    """One short run; the Ray instance the first run starts serves the second (the test shuts it down)."""
     from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
 
     config = short_config(tmp_path, *method_overrides(method), f"logging.run_name={method}", "total_steps=1",
                           f"data.train_path={train_path}", f"algorithm.expert_traces_dir={tmp_path / 'traces'}")
     config.data.system_prompt = TOY_SYSTEM_PROMPT  # a file of toy problems, asked as the toy world asks
+    return run_training(config), config
+
+
+def test_luffy_then_questa_train_on_the_same_stored_traces(toy_world, tmp_path, small_train_set):
+    import ray
+
     try:
-        return run_training(config), config
+        _luffy_then_questa(toy_world, tmp_path, small_train_set)
     finally:
         ray.shutdown()
 
 
-def test_luffy_then_questa_train_on_the_same_stored_traces(toy_world, tmp_path, small_train_set):
+def _luffy_then_questa(toy_world, tmp_path, small_train_set):
     luffy, luffy_config = _run("luffy", tmp_path, small_train_set)
     assert luffy.steps == 1 and luffy.stopped is None
     assert (tmp_path / "luffy").name in luffy.run_dir

@@ -148,6 +148,8 @@ def test_a_luffy_group_holds_the_expert_trace_graded_and_advantaged_with_its_sam
     """LUFFY's group: N1 - 1 policy samples and the problem's stored expert trace, graded with
     the same reward; advantages over the whole group (mean only, or also / std); the trace's
     behaviour log-probs are 0 (probability 1)."""
+    import ray
+
     from mentor_ray.core.advantages import luffy_advantages
     from mentor_ray.core.methods import LuffyGroupAdvantages
 
@@ -159,7 +161,9 @@ def test_a_luffy_group_holds_the_expert_trace_graded_and_advantaged_with_its_sam
         text = f"<think>x</think> \\boxed{{{p.answer if i % 2 == 0 else int(p.answer) + 1}}}"
         ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         prompts.append(PromptRecord(i, p.problem_id, p.answer, p.prompt_token_ids, ids, text))
-    plan = _plan(n_on_policy=N_ON - 1, n_mixed=0, alpha=0.0, expert_traces_per_group=1,
+    # The weights an earlier test of this module may have published (the engines refuse others).
+    version, _ = ray.get(roles.policy_engines[0].weights_version_and_pid.remote())
+    plan = _plan(n_on_policy=N_ON - 1, n_mixed=0, alpha=0.0, expert_traces_per_group=1, weights_version=version,
                  advantages=LuffyGroupAdvantages(divide_by_std))
     rows = run_rollout(prompts, plan, roles).rows
     assert len(rows) == 8 * N_ON
