@@ -189,11 +189,16 @@ def pass_at_k_comparison(runs: dict[str, Path], root: Path, samples: int, limit:
 
     numbers: dict[str, float] = {}
     figure, axes = plt.subplots(figsize=(6, 4))
-    for label, run_dir in runs.items():
-        results = evaluate(str(run_dir), ["toy_eval"], root / f"eval-{label}", config_file=str(run_dir / "config.yaml"),
-                           limit=limit, samples=samples, files={"toy_eval": eval_file} if eval_file else None,
-                           say=lambda line: None)
+    results_of = {}
+    try:
+        # One Ray instance for every model (each evaluation releases its own engines).
+        for label, run_dir in runs.items():
+            results_of[label] = evaluate(str(run_dir), ["toy_eval"], root / f"eval-{label}", config_file=str(run_dir / "config.yaml"),
+                                         limit=limit, samples=samples, files={"toy_eval": eval_file} if eval_file else None,
+                                         say=lambda line: None)
+    finally:
         ray.shutdown()
+    for label, results in results_of.items():
         curve = sorted((int(k), v) for k, v in results["toy_eval"]["pass_at_k"].items())
         axes.plot(*zip(*curve), marker="o", label=label)
         numbers.update({f"{label}_pass_at_{k}": v for k, v in curve})

@@ -31,7 +31,7 @@ from mentor_ray.rollout.engines import (
     SamplingSpec,
     build_engine,
 )
-from mentor_ray.rollout.requests import CPU_ENGINE_ENV
+from mentor_ray.rollout.requests import engine_environment
 from pipelines.resources import GRADER_CPUS, OUTSIDE_CALLER_PLACEMENT_GROUP, on_this_node, placement_options
 
 
@@ -274,11 +274,9 @@ def _object_size(ref: ray.ObjectRef) -> int:
 def engine_settings(config: MentorConfig, seed_offset: int = 0) -> EngineSettings:
     # The warm-up mirrors one engine call of this run: a batch of prompts, each sampled N times.
     prompts_per_call = math.ceil(config.rollout.prompts_per_step / max(1, config.scaling.num_policy_engines))
-    return EngineSettings(
-        dtype=config.model.dtype,
-        max_model_len=config.model.max_model_len,
+    return EngineSettings.for_run(
+        config,
         seed=config.seed + seed_offset,
-        tensor_parallel_size=config.scaling.gpus_per_engine if config.scaling.use_gpu else 1,
         warm_up_sequences=prompts_per_call * max(config.rollout.n_on_policy, config.rollout.n_mixed),
         speculative_tokens=config.rollout.speculative_tokens,  # the mixed engines' (a policy engine has no draft)
     )
@@ -287,7 +285,7 @@ def engine_settings(config: MentorConfig, seed_offset: int = 0) -> EngineSetting
 def start_engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_store: Any, config: MentorConfig):
     """A `RolloutEngineActor` with the run's resources; `engine_kwargs` go to `build_engine`."""
     use_gpu = config.scaling.use_gpu
-    env = {} if use_gpu else {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(config.cpu_threads()[0])}
+    env = engine_environment(config)
     actor_class = ray.remote(RolloutEngineActor)
     return actor_class.options(
         num_cpus=config.scaling.cpus_per_engine,

@@ -156,27 +156,32 @@ def _shard_records(folder: Path, rank: int) -> dict[int, list[list[tuple]]]:
     return {r["step"]: [[(g, m, tuple(ids)) for g, m, ids in batch] for batch in r["mini_batches"]] for r in records}
 
 
-def test_two_learner_workers_train_as_one(short_run, tmp_path):
+def test_two_learner_workers_train_as_one_and_stop_together_on_nan(short_run, tmp_path):
     """The loop with 2 DeepSpeed learner workers: each rank trains on its own half of every
     global mini-batch, and the run's numbers equal the 1-worker run of the same seed (float noise:
-    the gradient all-reduce sums in another order)."""
+    the gradient all-reduce sums in another order). Then NaN losses on every rank: step 3's
+    updates are skipped (weights untouched) and past the limit, at step 4, both ranks stop
+    cleanly: no checkpoint or model from the poisoned step, and the error says why."""
     import ray
 
-    from pipelines.loop import STOP_FILE
+    from pipelines.loop import CLIENT_STATE_FILE, STOP_FILE
 
     (tmp_path / "shards").mkdir()
+    run_dir = tmp_path / "two"
     # The run folder is reused and holds an earlier run's stop marker: only this run's may count.
-    (tmp_path / "two").mkdir()
-    (tmp_path / "two" / STOP_FILE).write_text(json.dumps({"reason": "step 9: an earlier run's NaN stop"}))
+    run_dir.mkdir()
+    (run_dir / STOP_FILE).write_text(json.dumps({"reason": "step 9: an earlier run's NaN stop"}))
+    # 2 optimizer steps per RL step (8 prompts, 4 per mini-batch): step 3 skips 2 (allowed),
+    # step 4 skips 2 more (4 > 2: stop).
     two = run_training(
-        _config(tmp_path, "logging.run_name=two", "scaling.num_learner_workers=2", "total_steps=2"),
-        shard_record_dir=str(tmp_path / "shards"),
+        _config(tmp_path, "logging.run_name=two", "scaling.num_learner_workers=2", "total_steps=4",
+                "checkpoint.every_steps=1", "checkpoint.keep_last=3", "max_skipped_updates=2"),
+        nan_loss_at_steps=(3, 4), shard_record_dir=str(tmp_path / "shards"),
     )
     ray.shutdown()
-    assert two.steps == 2 and two.stopped is None
     one_worker = _shard_records(Path(short_run.run_dir).parent / "shards", 0)
     rank0, rank1 = _shard_records(tmp_path / "shards", 0), _shard_records(tmp_path / "shards", 1)
-    assert sorted(rank0) == sorted(rank1) == [1, 2]
+    assert sorted(rank0) == sorted(rank1) == [1, 2, 3, 4]
     for step in (1, 2):
         assert len(rank0[step]) == len(rank1[step]) == len(one_worker[step]) == 2  # 8 prompts / 4 per mini-batch
         for whole, first, second in zip(one_worker[step], rank0[step], rank1[step]):
@@ -193,6 +198,29 @@ def test_two_learner_workers_train_as_one(short_run, tmp_path):
             assert pair[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), (step, key)
         assert pair["transfer/rollout_bytes"] > 0 and pair["transfer/rollout_bytes_per_rank_max"] < pair["transfer/rollout_bytes"]
     assert _step_metrics(two.run_dir, 2)["val/greedy_accuracy"] == _step_metrics(short_run.run_dir, 2)["val/greedy_accuracy"]
+
+    # The NaN steps.
+    assert two.stopped is not None and two.stopped.startswith("step 4: 4 updates skipped for a NaN/inf loss"), two.stopped
+    assert two.final_model == ""
+    history = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["step"] for r in history] == [0, 1, 2, 3, 4]
+    assert [r.get("train/skipped_updates") for r in history[1:]] == [0.0, 0.0, 2.0, 2.0]
+    assert not (run_dir / "final_model").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["stopped"].startswith("step 4")
+    assert json.loads((run_dir / STOP_FILE).read_text())["reason"].startswith("step 4")
+
+    checkpoints = {json.loads(p.read_text())["step"]: p.parent for p in run_dir.rglob(CLIENT_STATE_FILE)}
+    assert sorted(checkpoints) == [1, 2, 3]  # nothing from the step that stopped the run
+
+    def weights(step):
+        (model_file,) = checkpoints[step].rglob("mp_rank_00_model_states.pt")
+        return torch.load(model_file, map_location="cpu", weights_only=False)["module"]
+
+    after_step_2, after_step_3 = weights(2), weights(3)
+    # Step 3's updates were all skipped on both ranks: its checkpoint holds step 2's weights, bit for bit.
+    for name, tensor in after_step_3.items():
+        assert torch.isfinite(tensor).all(), name
+        assert torch.equal(tensor, after_step_2[name]), name
 
 
 def test_first_ppo_ratio_is_one(toy_world, local_ray):
@@ -239,45 +267,6 @@ def test_first_ppo_ratio_is_one(toy_world, local_ray):
             assert float((ratios - 1).abs().max()) < 1e-3, temperature
     finally:
         roles.shutdown()
-
-
-def test_nan_updates_are_skipped_then_stop_the_run(toy_world, tmp_path):
-    """NaN losses skip their updates (weights untouched), and past the limit the run stops
-    cleanly: no checkpoint or model is written from the poisoned step, and the error says why."""
-    import ray
-
-    from pipelines.loop import CLIENT_STATE_FILE
-
-    # 2 optimizer steps per RL step: step 2 skips 2 (allowed), step 3 skips 2 more (4 > 2: stop).
-    config = _config(
-        tmp_path, "logging.run_name=nan-stop", "total_steps=5", "eval.every_steps=0", "checkpoint.every_steps=1",
-        "checkpoint.keep_last=3", "max_skipped_updates=2",
-    )
-    try:
-        summary = run_training(config, nan_loss_at_steps=(2, 3))
-    finally:
-        ray.shutdown()
-    assert summary.stopped is not None and summary.stopped.startswith("step 3: 4 updates skipped for a NaN/inf loss")
-    assert summary.final_model == ""
-    run_dir = tmp_path / "nan-stop"
-    history = read_metrics(run_dir / "metrics.jsonl")
-    assert [r["step"] for r in history] == [1, 2, 3]
-    assert [r["train/skipped_updates"] for r in history] == [0.0, 2.0, 2.0]
-    assert not (run_dir / "final_model").exists()
-    assert json.loads((run_dir / "summary.json").read_text())["stopped"].startswith("step 3")
-
-    checkpoints = {json.loads(p.read_text())["step"]: p.parent for p in run_dir.rglob(CLIENT_STATE_FILE)}
-    assert sorted(checkpoints) == [1, 2]  # nothing from the step that stopped the run
-
-    def weights(step):
-        (model_file,) = checkpoints[step].rglob("mp_rank_00_model_states.pt")
-        return torch.load(model_file, map_location="cpu", weights_only=False)["module"]
-
-    after_step_1, after_step_2 = weights(1), weights(2)
-    # Step 2's updates were all skipped: its checkpoint holds step 1's weights, bit for bit.
-    for name, tensor in after_step_2.items():
-        assert torch.isfinite(tensor).all(), name
-        assert torch.equal(tensor, after_step_1[name]), name
 
 
 def _kill_learner_workers_after(metrics_path: Path, step: int, killed: dict) -> None:

@@ -202,12 +202,9 @@ def _store(traces: ExpertTraceSet, meta_location: str, fingerprint: dict[str, An
 def _engine_environment(config: MentorConfig) -> Iterator[None]:
     """On CPU, an engine as the run's engine actors get one (in this process, 1 GiB of KV
     cache, no thread pinning, the run's engine threads); the environment is restored after."""
-    if config.scaling.use_gpu:
-        yield
-        return
-    from mentor_ray.rollout.requests import CPU_ENGINE_ENV
+    from mentor_ray.rollout.requests import engine_environment
 
-    wanted = {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(config.cpu_threads()[0])}
+    wanted = engine_environment(config)
     added = {key: value for key, value in wanted.items() if key not in os.environ}
     os.environ.update(added)
     try:
@@ -220,14 +217,8 @@ def _engine_environment(config: MentorConfig) -> Iterator[None]:
 def _start_engine(config: MentorConfig, expert_dir: str):
     from mentor_ray.rollout.engines import EngineSettings, PolicyEngine
 
-    settings = EngineSettings(
-        dtype=config.model.dtype,
-        max_model_len=config.model.max_model_len,
-        seed=config.algorithm.expert_trace_seed,
-        tensor_parallel_size=config.scaling.gpus_per_engine if config.scaling.use_gpu else 1,
-        warm_up=False,  # one generation: a warm-up would only add to it
-    )
-    return PolicyEngine(expert_dir, settings)
+    # One generation: a warm-up would only add to it.
+    return PolicyEngine(expert_dir, EngineSettings.for_run(config, seed=config.algorithm.expert_trace_seed, warm_up=False))
 
 
 def _first_correct(

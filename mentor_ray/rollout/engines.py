@@ -89,6 +89,18 @@ class EngineSettings:
         if self.draft_sample_method not in ("probabilistic", "greedy"):
             raise ValueError(f"EngineSettings.draft_sample_method must be probabilistic or greedy, got {self.draft_sample_method!r}")
 
+    @classmethod
+    def for_run(cls, config: Any, seed: int, **settings: Any) -> EngineSettings:
+        """The settings every engine of a run shares (config: a MentorConfig), with `settings`
+        for what differs between the run's engines."""
+        return cls(
+            dtype=config.model.dtype,
+            max_model_len=config.model.max_model_len,
+            seed=seed,
+            tensor_parallel_size=config.scaling.gpus_per_engine if config.scaling.use_gpu else 1,
+            **settings,
+        )
+
 
 @dataclass
 class EngineStats:

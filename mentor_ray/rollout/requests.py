@@ -19,6 +19,14 @@ CPU_ENGINE_ENV = {
 }
 
 
+def engine_environment(config) -> dict[str, str]:
+    """What a run's engine process needs in its environment (config: a MentorConfig): on CPU,
+    CPU_ENGINE_ENV and the run's engine threads; on GPU, nothing."""
+    if config.scaling.use_gpu:
+        return {}
+    return {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(config.cpu_threads()[0])}
+
+
 @dataclass(frozen=True)
 class SamplingSpec:
     """How to sample: n samples per prompt, up to max_new_tokens each.
