@@ -150,7 +150,7 @@ def load_recipe_prompt_sets(config_path: str, prompts_per_set: int, sets: int):
     from transformers import AutoTokenizer
 
     from mentor_ray.config import load_config
-    from mentor_ray.run_inputs import load_tokenized_problems, resolve_run_paths
+    from mentor_ray.data.run_inputs import load_tokenized_problems, resolve_run_paths
 
     config = load_config(config_path)
     paths = resolve_run_paths(config, Path(tempfile.mkdtemp(prefix="bench-engines-")))
@@ -165,7 +165,7 @@ def load_recipe_prompt_sets(config_path: str, prompts_per_set: int, sets: int):
 
 def load_prompt_sets(world, tokenizer, prompts_per_set: int, sets: int) -> list[list[list[int]]]:
     """`sets` disjoint sets of toy train prompts, as token ids (set 0 is for warm-up)."""
-    from mentor_ray.prompts import build_chat_prompt
+    from mentor_ray.data.prompts import build_chat_prompt
     from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
 
     with open(world.train_path, encoding="utf-8") as handle:

@@ -106,9 +106,9 @@ from pathlib import Path
 from mentor_ray.rollout.requests import CPU_ENGINE_ENV
 os.environ.update(CPU_ENGINE_ENV)
 from mentor_ray.config import load_config
-from mentor_ray.prompt_schedule import PromptSchedule
+from mentor_ray.data.prompt_schedule import PromptSchedule
 from mentor_ray.rollout.engines import EngineSettings, PolicyEngine, SamplingSpec
-from mentor_ray.run_inputs import load_tokenized_problems, resolve_run_paths
+from mentor_ray.data.run_inputs import load_tokenized_problems, resolve_run_paths
 from transformers import AutoTokenizer
 prompts, samples, new_tokens, seed, steps = map(int, sys.argv[1:6])
 config = load_config(sys.argv[6] or None, [f"seed={seed}"])

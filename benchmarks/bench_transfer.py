@@ -49,7 +49,7 @@ def smollm2_weights(dtype):
 def toy_weights():
     from transformers import AutoModelForCausalLM
 
-    from mentor_ray.run_inputs import resolve_model_dir
+    from mentor_ray.data.run_inputs import resolve_model_dir
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model_dir("toy://policy", "toy policy"))
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}

@@ -41,9 +41,9 @@ def main() -> None:
 
     from mentor_ray.config import load_config
     from mentor_ray.data import load_problems
-    from mentor_ray.prompt_schedule import PromptSchedule
+    from mentor_ray.data.prompt_schedule import PromptSchedule
     from mentor_ray.rewards import FORMAT_RULES, grade_accuracy, grade_plain_integers
-    from mentor_ray.run_inputs import data_row_fields, load_tokenized_problems, resolve_run_paths
+    from mentor_ray.data.run_inputs import data_row_fields, load_tokenized_problems, resolve_run_paths
 
     run_config = load_config(args.config, [f"seed={args.seed}"])
     paths = resolve_run_paths(run_config, Path(tempfile.mkdtemp(prefix="trl-peer-run-")))

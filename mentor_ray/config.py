@@ -56,7 +56,7 @@ class DataConfig:
     problem_field: str = "problem"
     answer_field: str = "answer"
     id_field: str | None = None
-    # The system message: your own text, or a named preset (mentor_ray.prompts.SYSTEM_PROMPTS:
+    # The system message: your own text, or a named preset (mentor_ray.data.prompts.SYSTEM_PROMPTS:
     # "paper" is the paper's Appendix B prompt, "careful" a shorter one of this project's).
     # Neither set: the paper's prompt for real data, the toy world's own for toy:// data.
     system_prompt: str | None = None

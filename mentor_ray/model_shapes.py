@@ -91,7 +91,7 @@ def shipped_shapes() -> dict[str, ModelShape]:
 def model_shape(reference: str, key: str) -> ModelShape:
     """The shape of the model a config key names: a local folder (or toy:// item) with a
     config.json, else a shipped entry by its hub name (case-insensitive)."""
-    from mentor_ray.run_inputs import local_model_config
+    from mentor_ray.data.run_inputs import local_model_config
 
     config_json = local_model_config(reference)
     if config_json is not None:

@@ -243,7 +243,7 @@ def trace_copy_comparison(runs: dict[str, Path], config: MentorConfig, limit: in
 
     from mentor_ray.data import load_problems
     from mentor_ray.data.expert_traces import build_expert_traces
-    from mentor_ray.run_inputs import data_row_fields, resolve_run_paths
+    from mentor_ray.data.run_inputs import data_row_fields, resolve_run_paths
     from mentor_ray.toy_world.evaluate import generate_responses
 
     paths = resolve_run_paths(config, str(runs["mentor"]))
@@ -266,7 +266,7 @@ def trace_copy_comparison(runs: dict[str, Path], config: MentorConfig, limit: in
 def seed_numbers(runs: dict[str, Path], root: Path, config: MentorConfig, pass_at_k_samples: int) -> dict[str, float]:
     """One seed's numbers from its runs (method -> run folder, MENTOR's among them); `config`
     is MENTOR's."""
-    from mentor_ray.run_inputs import TOY_SCHEME, resolve_data_path
+    from mentor_ray.data.run_inputs import TOY_SCHEME, resolve_data_path
 
     plot_runs(runs, root / "plots")
     histories = {method: read_metrics(run_dir / "metrics.jsonl") for method, run_dir in runs.items()}

@@ -1,6 +1,6 @@
 """`python -m pipelines.evaluate --model <HF folder | run folder> --benchmarks math500,aime24,...`
 
-Scores a saved model on the paper's benchmarks (`mentor_ray.benchmarks`) with each one's
+Scores a saved model on the paper's benchmarks (`mentor_ray.data.eval_sets`) with each one's
 protocol (avg@32 at T=0.6 for AIME/AMC, greedy pass@1 for the rest), through the same Ray Data
 pipeline over vLLM engines as training's validation. Writes, in `--out`:
 - `results.md` and `results.csv`: the paper's layout, benchmarks as columns, average last;
@@ -19,12 +19,12 @@ import time
 import traceback
 from pathlib import Path
 
-from mentor_ray.benchmarks import BENCHMARKS
+from mentor_ray.data.eval_sets import BENCHMARKS
 from mentor_ray.config import ConfigError, load_config
 from pipelines.plan import check_model_lengths
 from pipelines.train import LOG_NOTE, failure_line
 
-CHOICE_GRADER = "mentor_ray.benchmarks:grade_choice"
+CHOICE_GRADER = "mentor_ray.data.eval_sets:grade_choice"
 
 
 def _model_dir(model: str) -> str:
@@ -51,8 +51,8 @@ def lengths_from_model(model: str) -> tuple[str, ...]:
 
 def _tokenized(problems, tokenizer, system_prompt: str, max_prompt_tokens: int):
     from mentor_ray.data import filter_long_prompts
-    from mentor_ray.prompts import build_chat_prompt
-    from mentor_ray.run_inputs import TokenizedProblem
+    from mentor_ray.data.prompts import build_chat_prompt
+    from mentor_ray.data.run_inputs import TokenizedProblem
 
     kept, too_long = filter_long_prompts(problems, tokenizer, max_prompt_tokens, system_prompt)
     return [
@@ -68,8 +68,8 @@ def evaluate(model: str, benchmarks: list[str], out_dir: Path, *, config_file: s
     import ray.data
     from transformers import AutoTokenizer
 
-    from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
-    from mentor_ray.run_inputs import TOY_SCHEME, resolve_model_dir
+    from mentor_ray.data.prompts import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS
+    from mentor_ray.data.run_inputs import TOY_SCHEME, resolve_model_dir
     from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
     from pipelines.console import DriverConsole
     from pipelines.evaluation import score_problems

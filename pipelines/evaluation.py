@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from mentor_ray.config import MentorConfig
 from mentor_ray.pass_at_k import avg_at_k, mean_pass_at_k
-from mentor_ray.run_inputs import TokenizedProblem
+from mentor_ray.data.run_inputs import TokenizedProblem
 from pipelines.roles import RolloutRoles
 from pipelines.rollout import PromptRecord, RolloutOutput, RolloutPlan, run_rollout
 

@@ -45,8 +45,8 @@ from mentor_ray.metrics import (
     rollout_metrics,
     rollout_time_metrics,
 )
-from mentor_ray.prompt_schedule import PromptSchedule
-from mentor_ray.run_inputs import RunPaths, TokenizedProblem, node_model_dir
+from mentor_ray.data.prompt_schedule import PromptSchedule
+from mentor_ray.data.run_inputs import RunPaths, TokenizedProblem, node_model_dir
 from pipelines.console import ConsoleLines, step_line
 from pipelines.evaluation import evaluate_policy
 from pipelines.roles import RolloutRoles, process_whereabouts

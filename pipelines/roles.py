@@ -20,7 +20,7 @@ import ray
 import torch
 
 from mentor_ray.config import MentorConfig
-from mentor_ray.run_inputs import node_model_dir
+from mentor_ray.data.run_inputs import node_model_dir
 from mentor_ray.rewards import DEFAULT_GRADING_FUNCTION, RewardGrader, RewardWeights
 from mentor_ray.rollout.engines import (
     EngineKind,

@@ -158,7 +158,7 @@ def run_training(
     """
     from mentor_ray import storage
     from mentor_ray.config import save_config
-    from mentor_ray.run_inputs import make_run_dir, resolve_run_paths
+    from mentor_ray.data.run_inputs import make_run_dir, resolve_run_paths
     from pipelines.console import RUN_LOG_FILE, DriverConsole
     from pipelines.plan import check_plan
 
@@ -226,7 +226,7 @@ def _training_problems(config, paths, tokenizer, say) -> tuple[list, dict[str, f
     expert trace of each problem for a method that puts one in its groups. A method that needs
     expert traces builds them first (or reuses the stored ones: mentor_ray.data.expert_traces)."""
     from mentor_ray.core.methods import method_for
-    from mentor_ray.run_inputs import load_tokenized_problems
+    from mentor_ray.data.run_inputs import load_tokenized_problems
 
     method = method_for(config.algorithm)
     traces = {}
@@ -268,7 +268,7 @@ def _run(
     from mentor_ray import storage
     from mentor_ray.metrics import METRICS_FILE, read_metrics
     from mentor_ray.plots import plot_runs
-    from mentor_ray.run_inputs import load_tokenized_problems
+    from mentor_ray.data.run_inputs import load_tokenized_problems
     from pipelines.loop import FINAL_MODEL_FOLDER, STOP_FILE, train_loop_per_worker
     from pipelines.resources import wait_for_room
     from pipelines.roles import build_rollout_roles, process_whereabouts

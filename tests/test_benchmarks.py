@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from mentor_ray.benchmarks import BENCHMARKS, OFFLINE, grade_choice
+from mentor_ray.data.eval_sets import BENCHMARKS, OFFLINE, grade_choice
 from mentor_ray.rewards import RewardGrader
 
 # Problems per benchmark, as shipped or packaged.
@@ -46,7 +46,7 @@ def test_references_graded_against_themselves_pass(name):
 def test_hub_only_benchmarks_map_their_rows():
     """ARC-c and MMLU-Pro load from the hub (not reachable here); their row mappings are checked
     on rows of the datasets' published shapes."""
-    from mentor_ray.benchmarks import arc_problem, mmlu_pro_problem
+    from mentor_ray.data.eval_sets import arc_problem, mmlu_pro_problem
 
     arc = arc_problem({"id": "Mercury_7175875", "question": "Which is a gas?", "answerKey": "3",
                        "choices": {"label": ["1", "2", "3", "4"], "text": ["ice", "rock", "steam", "wood"]}}, 0)

@@ -20,8 +20,8 @@ from mentor_ray.data import (
     load_problems,
     normalize_problem_text,
 )
-from mentor_ray.math_training_set import build_math_training_set, default_eval_files, default_math_files
-from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, build_chat_prompt
+from mentor_ray.data.math_training_set import build_math_training_set, default_eval_files, default_math_files
+from mentor_ray.data.prompts import DEFAULT_SYSTEM_PROMPT, build_chat_prompt
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -245,7 +245,7 @@ def test_build_math_training_set_on_synthetic_sample(tmp_path):
 def test_build_math_training_set_from_real_files(tmp_path, capsys):
     out = tmp_path / "math_train.parquet"
     command = [
-        sys.executable, "-m", "mentor_ray.math_training_set", "--out", str(out),
+        sys.executable, "-m", "mentor_ray.data.math_training_set", "--out", str(out),
         "--shared-data-dir", str(tmp_path / "no-benchmarks"),
     ]
     (tmp_path / "no-benchmarks").mkdir()

@@ -22,7 +22,7 @@ from mentor_ray.data.expert_traces import (
     traces_location,
 )
 from mentor_ray.rewards import RewardGrader
-from mentor_ray.run_inputs import resolve_run_paths
+from mentor_ray.data.run_inputs import resolve_run_paths
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "pipelines" / "recipes" / "toy_mentor.yaml"

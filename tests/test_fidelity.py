@@ -12,7 +12,7 @@ import pytest
 
 from mentor_ray.config import ConfigError, load_config
 from mentor_ray.data import load_problems
-from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, PAPER_SYSTEM_PROMPT, SYSTEM_PROMPTS
+from mentor_ray.data.prompts import DEFAULT_SYSTEM_PROMPT, PAPER_SYSTEM_PROMPT, SYSTEM_PROMPTS
 from mentor_ray.rewards import (
     FORMAT_RULES,
     RewardGrader,
@@ -41,7 +41,7 @@ def test_the_paper_prompt_is_the_papers_text_and_the_default_for_real_data(tmp_p
 
 
 def test_the_preset_reaches_the_run(tmp_path, toy_world):
-    from mentor_ray.run_inputs import resolve_run_paths
+    from mentor_ray.data.run_inputs import resolve_run_paths
 
     config = load_config(None, [f"logging.run_root={tmp_path}", "data.system_prompt_preset=careful"])
     assert resolve_run_paths(config, tmp_path).system_prompt == SYSTEM_PROMPTS["careful"]

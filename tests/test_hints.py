@@ -97,7 +97,7 @@ def test_hinted_tokenized_problems_falls_back_to_plain_when_the_hint_is_too_long
     from transformers import AutoTokenizer
 
     from mentor_ray.config import load_config
-    from mentor_ray.run_inputs import load_tokenized_problems, resolve_run_paths
+    from mentor_ray.data.run_inputs import load_tokenized_problems, resolve_run_paths
     from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
 
     train = tmp_path / "train.jsonl"

@@ -17,7 +17,7 @@ from mentor_ray.metrics import (
     rollout_time_metrics,
 )
 from mentor_ray.plots import plot_runs
-from mentor_ray.prompt_schedule import PromptSchedule
+from mentor_ray.data.prompt_schedule import PromptSchedule
 
 
 def _row(is_mixed, reward, accuracy, fmt, length, text="", finish="stop"):

@@ -32,7 +32,7 @@ from mentor_ray.gguf_model import (
     main,
     packaged_gguf_path,
 )
-from mentor_ray.run_inputs import (
+from mentor_ray.data.run_inputs import (
     data_row_fields,
     load_tokenized_problems,
     resolve_data_path,
@@ -169,7 +169,7 @@ def test_recipe_loads_and_its_inputs_resolve(tmp_path):
     assert 32 <= config.eval.max_problems <= 64 and config.total_steps <= 5
     assert config.scaling.use_gpu is False
 
-    from mentor_ray.prompts import PAPER_SYSTEM_PROMPT
+    from mentor_ray.data.prompts import PAPER_SYSTEM_PROMPT
 
     paths = resolve_run_paths(_recipe(tmp_path), tmp_path)
     assert (paths.train_path, paths.eval_path) == (GSM8K_TRAIN, GSM8K_TEST)
@@ -356,7 +356,7 @@ def test_vllm_serves_the_converted_model_and_seeded_samples_repeat(smollm2):
     "CPU Generator does not use offset" when a seeded request's prefill is split)."""
     from transformers import AutoTokenizer
 
-    from mentor_ray.prompts import PAPER_SYSTEM_PROMPT, build_chat_prompt
+    from mentor_ray.data.prompts import PAPER_SYSTEM_PROMPT, build_chat_prompt
     from mentor_ray.rollout.engines import EngineSettings, PolicyEngine
     from mentor_ray.rollout.requests import SamplingSpec
 
@@ -440,7 +440,7 @@ def test_two_steps_of_the_recipe_end_to_end(smollm2, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mentor_ray.metrics import read_metrics
-    from mentor_ray.prompts import PAPER_SYSTEM_PROMPT, build_chat_prompt
+    from mentor_ray.data.prompts import PAPER_SYSTEM_PROMPT, build_chat_prompt
     from mentor_ray.rollout.engines import EngineSettings, PolicyEngine
     from mentor_ray.rollout.requests import SamplingSpec
     from pipelines.train import run_training

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from mentor_ray.config import load_config
 from mentor_ray.core.advantages import mentor_advantages
-from mentor_ray.run_inputs import load_tokenized_problems
+from mentor_ray.data.run_inputs import load_tokenized_problems
 from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
 from pipelines.roles import build_rollout_roles
 from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout

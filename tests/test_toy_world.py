@@ -371,7 +371,7 @@ def test_a_world_differing_only_in_its_policy_copies_the_expert(tmp_path):
 
 def test_named_worlds_resolve_from_configs_and_unknown_names_are_config_errors(toy_world):
     from mentor_ray.config import ConfigError
-    from mentor_ray.run_inputs import resolve_data_path, resolve_model_dir
+    from mentor_ray.data.run_inputs import resolve_data_path, resolve_model_dir
     from mentor_ray.toy_world.build import TOY_WORLDS, world_recipe
 
     assert resolve_data_path("toy://default/eval", "data.eval_path") == str(toy_world.eval_path)

