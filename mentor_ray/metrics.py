@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mentor_ray import storage
+from mentor_ray.rollout.rows import RolloutRow
 
 METRICS_FILE = "metrics.jsonl"
 KEYWORDS = ("verify", "check", "wait", "okay")
@@ -76,13 +77,13 @@ def _mean(values: Iterable[float]) -> float:
 SAMPLE_KINDS = ("on_policy", "mixed", "expert_trace")
 
 
-def sample_kind(row: dict[str, Any]) -> str:
+def sample_kind(row: RolloutRow) -> str:
     if row.get("is_expert_trace", False):
         return "expert_trace"
     return "mixed" if row["is_mixed"] else "on_policy"
 
 
-def rollout_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+def rollout_metrics(rows: list[RolloutRow]) -> dict[str, float]:
     """Rewards, accuracy, format rate, response length and keyword rates, on-policy vs mixed
     (and vs the stored expert traces LUFFY puts in its groups)."""
     metrics: dict[str, float] = {}

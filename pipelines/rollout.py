@@ -25,6 +25,7 @@ import torch
 
 from mentor_ray.core.methods import GroupAdvantageRule, MentorGroupAdvantages
 from mentor_ray.rollout.requests import PROMPT_TOO_LONG, SamplingSpec
+from mentor_ray.rollout.rows import CALL_TOTAL_COLUMNS, RolloutRow, generated_row
 from pipelines.resources import STAGE_TASK_CPUS
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class RolloutPlan:
 
 @dataclass
 class RolloutOutput:
-    rows: list[dict[str, Any]]
+    rows: list[RolloutRow]
     dropped_prompts: int
     grading: dict[str, int]
     mixture: dict[str, float]
@@ -118,37 +119,19 @@ def _request_generation(batch: pd.DataFrame, engines: list[Any], kind: str, plan
     return calls
 
 
-# A mixed engine call's speculative-decoding totals, carried like the mixture sums.
-CALL_TOTALS = ("verify_passes", "accepted_draft_tokens", "draft_rejections", "mixed_generated_tokens")
-
-
 def _collect_generation(batch: pd.DataFrame, kind: str, calls: list[tuple[int, Any]]) -> list[dict[str, Any]]:
     records = []
     for start, call in calls:
         results, summary = ray.get(call)
         for position, result in enumerate(results):
-            source = batch.iloc[start + result.prompt_index]
-            records.append(
-                {
-                    "prompt_index": int(source["prompt_index"]),
-                    "problem_id": source["problem_id"],
-                    "answer": source["answer"],
-                    "sample_index": result.sample_index,
-                    "is_mixed": kind == "mixed",
-                    "is_expert_trace": False,
-                    "prompt_token_ids": np.asarray(result.prompt_token_ids, dtype=np.int64),
-                    "response_token_ids": np.asarray(result.response_token_ids, dtype=np.int64),
-                    "response_text": result.response_text,
-                    "behaviour_log_probs": np.asarray(result.response_log_probs, dtype=np.float32),
-                    "finish_reason": result.finish_reason,
-                    "dropped": result.finish_reason == PROMPT_TOO_LONG,
-                    # A call's totals ride on its first row, so collected sums are exact.
-                    "mixture_weight_sum": summary.get("mixture_weight_sum", 0.0) if position == 0 else 0.0,
-                    "full_expert_positions": summary.get("full_expert_positions", 0.0) if position == 0 else 0.0,
-                    "scored_positions": summary.get("scored_positions", 0.0) if position == 0 else 0.0,
-                    **{name: summary.get(name, 0.0) if position == 0 else 0.0 for name in CALL_TOTALS},
-                }
+            record = generated_row(
+                batch.iloc[start + result.prompt_index], sample_index=result.sample_index, is_mixed=kind == "mixed",
+                is_expert_trace=False, prompt_token_ids=result.prompt_token_ids,
+                response_token_ids=result.response_token_ids, response_text=result.response_text,
+                behaviour_log_probs=result.response_log_probs, finish_reason=result.finish_reason,
+                call_totals=summary if position == 0 else None,
             )
+            records.append({**record, "dropped": result.finish_reason == PROMPT_TOO_LONG})
     return records
 
 
@@ -159,15 +142,13 @@ def _expert_trace_records(batch: pd.DataFrame, plan: RolloutPlan) -> list[dict[s
     for _, source in batch.iterrows():
         if source.get("expert_trace_token_ids") is None:
             continue
-        response = np.asarray(source["expert_trace_token_ids"], dtype=np.int64)
-        records.append({
-            "prompt_index": int(source["prompt_index"]), "problem_id": source["problem_id"], "answer": source["answer"],
-            "sample_index": plan.n_on_policy, "is_mixed": False, "is_expert_trace": True,
-            "prompt_token_ids": np.asarray(source["prompt_token_ids"], dtype=np.int64), "response_token_ids": response,
-            "response_text": source["expert_trace_text"], "behaviour_log_probs": np.zeros(len(response), dtype=np.float32),
-            "finish_reason": "stop", "dropped": False, "mixture_weight_sum": 0.0, "full_expert_positions": 0.0,
-            "scored_positions": 0.0, **{name: 0.0 for name in CALL_TOTALS},
-        })
+        response = source["expert_trace_token_ids"]
+        record = generated_row(
+            source, sample_index=plan.n_on_policy, is_mixed=False, is_expert_trace=True,
+            prompt_token_ids=source["prompt_token_ids"], response_token_ids=response,
+            response_text=source["expert_trace_text"], behaviour_log_probs=np.zeros(len(response)), finish_reason="stop",
+        )
+        records.append({**record, "dropped": False})
     return records
 
 
@@ -267,12 +248,7 @@ def run_rollout(prompts: list[PromptRecord], plan: RolloutPlan, roles: RolloutRo
     dropped_prompts = int(frame.loc[frame["dropped"], "prompt_index"].nunique())
     rows = frame.loc[~frame["dropped"]].drop(columns=["dropped"]).to_dict("records")
     grading = {str(k): int(v) for k, v in frame["grading_status"].value_counts().items()}
-    mixture = {
-        "mixture_weight_sum": float(frame["mixture_weight_sum"].sum()),
-        "full_expert_positions": float(frame["full_expert_positions"].sum()),
-        "scored_positions": float(frame["scored_positions"].sum()),
-        **{name: float(frame[name].sum()) for name in CALL_TOTALS},
-    }
+    mixture = {name: float(frame[name].sum()) for name in CALL_TOTAL_COLUMNS}
     generated = int(sum(len(r["response_token_ids"]) for r in rows))
     bad_references = sorted({str(v) for v in frame.loc[frame["grading_status"] == "bad_reference", "problem_id"]})
     return RolloutOutput(

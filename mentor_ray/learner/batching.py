@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from mentor_ray.rollout.rows import RolloutRow
+
 
 @dataclass
 class TrainingSample:
@@ -32,7 +34,7 @@ class TrainingSample:
         return not self.is_mixed and not self.is_expert_trace
 
     @classmethod
-    def from_rollout_row(cls, row: dict[str, Any]) -> TrainingSample:
+    def from_rollout_row(cls, row: RolloutRow) -> TrainingSample:
         """The sample of one row of `pipelines.rollout.run_rollout`'s output."""
         return cls(
             prompt_token_ids=[int(t) for t in row["prompt_token_ids"]],
