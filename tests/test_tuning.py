@@ -462,11 +462,17 @@ def _ledger(experiment: Path) -> dict[str, dict]:
 
 
 def test_a_sweep_is_interrupted_restored_and_reported(toy_world, tmp_path):
-    """Three whole runs under Optuna + ASHA, two at a time, as the user runs them: a GRPO
-    trial, a MENTOR trial with a learning rate that wrecks the policy (ASHA stops it at step
-    2) and one whose data file is missing (it fails; the sweep goes on). The sweep is
-    interrupted (Ctrl-C) after its first trial ends and the same command resumes it: the
-    finished trials are not rerun, every trial ends, and nothing is left on the cluster."""
+    """Three whole runs under Optuna + ASHA, as the user runs them: a GRPO trial, a MENTOR
+    trial with a learning rate that wrecks the policy (ASHA stops it at step 2, against the
+    GRPO trial's value at that rung, recorded before the interruption) and one whose data file
+    is missing (it fails; the sweep goes on). The sweep is interrupted (Ctrl-C) after its first
+    trial ends and the same command resumes it: the finished trial is not rerun, ASHA's rungs
+    come back, every trial ends, and nothing is left on the cluster.
+
+    One trial at a time: with two, the order in which they reach the rung decides what ASHA
+    does (the first arrival is always kept), and that order is a race on two cores. Trials
+    side by side are the slow sweep tests' subject (tests/test_cluster.py, and the bucket
+    sweep below)."""
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump({
         "name": "tiny", "storage": str(tmp_path / "sweeps"), "base_config": RECIPE,
@@ -477,14 +483,14 @@ def test_a_sweep_is_interrupted_restored_and_reported(toy_world, tmp_path):
             "optimizer.lr": {"choice": [1.0e-4, 0.05]},
             "data.train_path": {"choice": ["toy://train", str(tmp_path / "missing.jsonl")]},
         },
-        # GRPO first: it steps faster than a MENTOR trial, so it reaches ASHA's rung first and
-        # is kept there; the wrecked MENTOR trial, arriving second and worse, is stopped.
+        # GRPO first: it reaches ASHA's rung first and is kept there; the wrecked MENTOR trial,
+        # arriving second (after the resume) and worse, is stopped.
         "points_to_evaluate": [
             {"rollout.guidance_ratio": 0.0, "optimizer.lr": 1.0e-4, "data.train_path": "toy://train"},
             {"rollout.guidance_ratio": 0.3333, "optimizer.lr": 0.05, "data.train_path": "toy://train"},
             {"rollout.guidance_ratio": 0.3333, "optimizer.lr": 1.0e-4, "data.train_path": str(tmp_path / "missing.jsonl")},
         ],
-        "search": {"num_trials": 3, "max_concurrent_trials": 2, "seed": 0},
+        "search": {"num_trials": 3, "max_concurrent_trials": 1, "seed": 0},
         "asha": {"metric": "objective/running_accuracy", "mode": "max", "grace_period": 2, "reduction_factor": 2},
     }))
     experiment = tmp_path / "sweeps" / "tiny"
@@ -521,8 +527,9 @@ def test_a_sweep_is_interrupted_restored_and_reported(toy_world, tmp_path):
     grpo = by_point[(0.0, 1.0e-4, "toy://train")]
     missing = by_point[(0.3333, 1.0e-4, str(tmp_path / "missing.jsonl"))]
     wrecked = by_point[(0.3333, 0.05, "toy://train")]
-    # At the rung (step 2) ASHA keeps the first arrival, GRPO, which runs to the end; the
-    # wrecked trial arrives second and below the cutoff.
+    # At the rung (step 2) ASHA kept the first arrival, GRPO, which ran to the end; the wrecked
+    # trial arrived second, in the resumed session, and below the cutoff the restored rung held.
+    assert list(json.loads((experiment / "asha_rungs.json").read_text())["rungs"][0][-1][1]) == [grpo["trial_id"], wrecked["trial_id"]]
     assert grpo["status"] == "finished" and grpo["steps"] == 3, grpo
     assert missing["status"] == "failed" and "missing.jsonl" in missing["error"] and "does not exist" in missing["error"]
     assert wrecked["status"] == "stopped by ASHA" and wrecked["steps"] == 2, wrecked
