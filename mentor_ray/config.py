@@ -86,8 +86,14 @@ class RolloutConfig:
     # policy drafts this many tokens, the mixture verifies them, exactly. 0: every token is a
     # pass of both models. The CPU default is what benchmarks/bench_engines.py measured faster.
     speculative_tokens: int = 0
+    # Steps the engines may run ahead of the learners. 0: lockstep (the paper). 1: step k+1's
+    # rollouts are generated with the weights before step k's update while the learners train
+    # on step k; stale on-policy samples get the decoupled objective (loss.behaviour_weight_cap).
+    max_staleness: int = 0
 
     def check(self, errors: list[str], prefix: str) -> None:
+        if self.max_staleness not in (0, 1):
+            _problem(errors, f"{prefix}.max_staleness", self.max_staleness, "must be 0 (lockstep) or 1 (one step of overlap)")
         if self.speculative_tokens < 0:
             _problem(errors, f"{prefix}.speculative_tokens", self.speculative_tokens, "must be >= 0 (0: no drafting)")
         if self.prompts_per_step < 1:
@@ -185,8 +191,14 @@ class LossConfig:
     dual_clip: float | None = 3.0  # None disables
     kl_coef: float = 0.0
     entropy_coef: float = 0.0
+    # Truncation of pi_prox / pi_behaviour on stale on-policy tokens (rollout.max_staleness = 1;
+    # MENTOR.md section 12). 2.0 is verl's rollout-correction default.
+    behaviour_weight_cap: float = 2.0
 
     def check(self, errors: list[str], prefix: str) -> None:
+        if not self.behaviour_weight_cap >= 1:
+            _problem(errors, f"{prefix}.behaviour_weight_cap", self.behaviour_weight_cap,
+                     "must be >= 1 (a cap below 1 would shrink every stale token's weight)")
         if not 0 < self.eps_low < 1:
             _problem(errors, f"{prefix}.eps_low", self.eps_low, "must be in (0, 1)")
         if not self.eps_high > 0:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mentor_ray import storage
 from mentor_ray.metrics import METRICS_FILE, read_metrics
+from mentor_ray.timeline import ROLES, TIMELINE_FILE, clipped, read_chrome_trace
 
 # (file name, title, [(metric key, label suffix)])
 PANELS = (
@@ -46,6 +47,44 @@ def plot_runs(runs: dict[str, str | Path], out_dir: Path) -> list[Path]:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes)
         written.append(_save(figure, out_dir / file_name))
     return written
+
+
+# Steps the timeline picture shows: the last few, where a run has settled into its rhythm.
+TIMELINE_STEPS = 4
+
+
+def plot_timeline(run_dir: str | Path, out_dir: Path, last_steps: int = TIMELINE_STEPS) -> Path | None:
+    """`timeline.png`: one lane per role, its busy intervals over the run's last steps, step
+    boundaries as dotted lines; in lockstep the lanes take turns, with overlap they run together.
+    None when the run wrote no timeline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    location = storage.join(str(run_dir), TIMELINE_FILE)
+    if not storage.exists(location):
+        return None
+    busy, steps = read_chrome_trace(storage.read_text(location))
+    if not steps:
+        return None
+    shown = sorted(steps)[-last_steps:]
+    start, end = shown[0][1], shown[-1][2]
+    roles = [role for role in ROLES if role in busy]
+    figure, axes = plt.subplots(figsize=(9, 0.6 * len(roles) + 1.4))
+    for lane, role in enumerate(roles):
+        spans = [(a - start, b - a) for a, b in clipped(busy[role], start, end)]
+        axes.broken_barh(spans, (lane - 0.35, 0.7), color=f"C{lane}")
+    for step, step_start, _ in shown:
+        axes.axvline(step_start - start, color="grey", linestyle=":", linewidth=1)
+        axes.text(step_start - start, len(roles) - 0.45, f" step {step}", fontsize=8, color="grey", va="bottom")
+    axes.set_yticks(range(len(roles)), [role.replace("_", " ") for role in roles])
+    axes.set_ylim(-0.6, len(roles) - 0.1)
+    axes.set_xlim(0, end - start)
+    axes.set_xlabel("seconds")
+    axes.set_title(f"Where the time goes: busy intervals of each role, steps {shown[0][0]}-{shown[-1][0]}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _save(figure, out_dir / "timeline.png")
 
 
 def _save(figure, path: Path) -> Path:

@@ -32,8 +32,12 @@ from mentor_ray.rollout.engines import (
     build_engine,
 )
 from mentor_ray.rollout.requests import engine_environment
-from pipelines.resources import GRADER_CPUS, OUTSIDE_CALLER_PLACEMENT_GROUP, on_this_node, placement_options
-
+from pipelines.resources import (
+    GRADER_CPUS,
+    OUTSIDE_CALLER_PLACEMENT_GROUP,
+    on_this_node,
+    placement_options,
+)
 
 # The engine arguments that name model folders; an engine resolves them on its own node.
 MODEL_FOLDER_ARGUMENTS = ("model_dir", "policy_dir", "expert_dir")
@@ -129,11 +133,12 @@ class RolloutEngineActor:
     def sync_weights(self, version: int, weights_ref: list[ray.ObjectRef]) -> dict[str, float]:
         """Loads the published weights; says how long the fetch (a transfer when the learner
         is on another node) and the in-place load took, and which version it now serves."""
-        started = time.perf_counter()
-        weights: dict[str, torch.Tensor] = ray.get(weights_ref[0])
-        fetch_seconds = time.perf_counter() - started
-        self.engine.update_weights(list(weights.items()))
-        self.weights_version = version
+        with self.busy.working():
+            started = time.perf_counter()
+            weights: dict[str, torch.Tensor] = ray.get(weights_ref[0])
+            fetch_seconds = time.perf_counter() - started
+            self.engine.update_weights(list(weights.items()))
+            self.weights_version = version
         return {"fetch_seconds": fetch_seconds, "load_seconds": time.perf_counter() - started - fetch_seconds,
                 "weights_version": float(version)}
 
@@ -183,6 +188,8 @@ class RolloutEngineActor:
             for name in SPECULATION_COUNTERS:
                 summary[name] = float(getattr(after, name) - getattr(before, name))
             summary["mixed_generated_tokens"] = float(sum(len(r.response_token_ids) for r in results))
+        # The version these weights carry, in the engine's own word: each row records it.
+        summary["weights_version"] = float(self.weights_version)
         return results, summary
 
 
@@ -250,10 +257,11 @@ class RolloutRoles:
         ray.get([engine.stats.remote() for engine in self.policy_engines + self.mixed_engines])
 
     def busy_intervals(self) -> dict[str, list[tuple[float, float]]]:
-        """Each role's working intervals since the last call: "engines" and "graders"."""
-        engines = ray.get([engine.busy_intervals.remote() for engine in self.policy_engines + self.mixed_engines])
-        graders = ray.get([actor.busy_intervals.remote() for actor in self.reward_actors])
-        return {"engines": [i for part in engines for i in part], "graders": [i for part in graders for i in part]}
+        """Each role's working intervals (generation, weight loads, grading) since the last
+        call: "policy_engines", "mixed_engines" and "graders" (mentor_ray.timeline.ROLES)."""
+        groups = {"policy_engines": self.policy_engines, "mixed_engines": self.mixed_engines, "graders": self.reward_actors}
+        calls = {role: [actor.busy_intervals.remote() for actor in actors] for role, actors in groups.items()}
+        return {role: [i for part in ray.get(refs) for i in part] for role, refs in calls.items()}
 
     def shutdown(self) -> None:
         for actor in self.reward_actors:

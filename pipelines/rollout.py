@@ -123,13 +123,14 @@ def _collect_generation(batch: pd.DataFrame, kind: str, calls: list[tuple[int, A
     records = []
     for start, call in calls:
         results, summary = ray.get(call)
+        served_version = int(summary["weights_version"])
         for position, result in enumerate(results):
             record = generated_row(
                 batch.iloc[start + result.prompt_index], sample_index=result.sample_index, is_mixed=kind == "mixed",
                 is_expert_trace=False, prompt_token_ids=result.prompt_token_ids,
                 response_token_ids=result.response_token_ids, response_text=result.response_text,
                 behaviour_log_probs=result.response_log_probs, finish_reason=result.finish_reason,
-                call_totals=summary if position == 0 else None,
+                weights_version=served_version, call_totals=summary if position == 0 else None,
             )
             records.append({**record, "dropped": result.finish_reason == PROMPT_TOO_LONG})
     return records
@@ -147,6 +148,7 @@ def _expert_trace_records(batch: pd.DataFrame, plan: RolloutPlan) -> list[dict[s
             source, sample_index=plan.n_on_policy, is_mixed=False, is_expert_trace=True,
             prompt_token_ids=source["prompt_token_ids"], response_token_ids=response,
             response_text=source["expert_trace_text"], behaviour_log_probs=np.zeros(len(response)), finish_reason="stop",
+            weights_version=plan.weights_version,
         )
         records.append({**record, "dropped": False})
     return records

@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 RECIPES = Path(__file__).parent / "recipes"
@@ -34,6 +34,9 @@ class RunSummary:
     metrics: dict[str, float]
     # Why the loop stopped before total_steps (None for a finished run).
     stopped: str | None = None
+    # Mean busy share of each role over the run's steps, the overlap's, and the idlest role.
+    busy_shares: dict[str, float] = field(default_factory=dict)
+    idlest_role: str | None = None
 
 
 def find_checkpoint(path: str) -> str:
@@ -110,6 +113,9 @@ def summary_line(summary: RunSummary) -> str:
         parts.append(f"final val greedy accuracy {m['val/greedy_accuracy']:.3f}")
     if "rollout/on_policy_accuracy" in m:
         parts.append(f"last on-policy accuracy {m['rollout/on_policy_accuracy']:.3f}")
+    if summary.idlest_role is not None:
+        parts.append(f"idlest role {summary.idlest_role.replace('_', ' ')} (busy {summary.busy_shares[summary.idlest_role]:.0%} of the time, "
+                     f"overlap {summary.busy_shares.get('overlap', 0.0):.0%})")
     parts += [f"run folder {summary.run_dir}", f"model {summary.final_model}"]
     return " | ".join(parts)
 
@@ -266,10 +272,17 @@ def _run(
     from transformers import AutoTokenizer
 
     from mentor_ray import storage
-    from mentor_ray.metrics import METRICS_FILE, read_metrics
-    from mentor_ray.plots import plot_runs
     from mentor_ray.data.run_inputs import load_tokenized_problems
-    from pipelines.loop import FINAL_MODEL_FOLDER, STOP_FILE, train_loop_per_worker
+    from mentor_ray.metrics import METRICS_FILE, read_metrics
+    from mentor_ray.plots import plot_runs, plot_timeline
+    from mentor_ray.timeline import idlest_role, mean_busy_shares
+    from pipelines.loop import (
+        FINAL_MODEL_FOLDER,
+        STOP_FILE,
+        LoopHooks,
+        LoopInputs,
+        train_loop_per_worker,
+    )
     from pipelines.resources import wait_for_room
     from pipelines.roles import build_rollout_roles, process_whereabouts
 
@@ -295,19 +308,13 @@ def _run(
         trainer = TorchTrainer(
             train_loop_per_worker=train_loop_per_worker,
             train_loop_config={
-                "config": config.to_dict(),
-                "paths": asdict(paths),
-                "roles": roles,
-                "train_problems": train_problems,
-                "expert_traces": expert_traces,
-                "eval_problems": eval_problems,
-                # Ray Train's own checkpoint wins after a worker restart; this is the user's
-                # resume point for a new run (TorchTrainer's resume argument is deprecated in V2).
-                "resume_from": str(resume_from) if resume_from else None,
-                "nan_loss_at_steps": tuple(nan_loss_at_steps),
-                "shard_record_dir": shard_record_dir,
-                "driver": process_whereabouts(),
-                "console": console_lines,
+                "inputs": LoopInputs(
+                    config=config.to_dict(), paths=paths, roles=roles, train_problems=train_problems,
+                    eval_problems=eval_problems, expert_traces=expert_traces,
+                    resume_from=str(resume_from) if resume_from else None, driver=process_whereabouts(),
+                    console=console_lines,
+                ),
+                "hooks": LoopHooks(nan_loss_at_steps=tuple(nan_loss_at_steps), shard_record_dir=shard_record_dir),
             },
             scaling_config=ScalingConfig(
                 num_workers=config.scaling.num_learner_workers,
@@ -333,6 +340,7 @@ def _run(
 
     history = read_metrics(storage.join(run_dir, METRICS_FILE))
     plot_runs({paths.run_name: run_dir}, console.run_dir / "plots")
+    plot_timeline(run_dir, console.run_dir / "plots")
     last = history[-1] if history else {}
     stop_file = storage.join(run_dir, STOP_FILE)
     stopped = json.loads(storage.read_text(stop_file))["reason"] if storage.exists(stop_file) else None
@@ -340,6 +348,7 @@ def _run(
         run_dir=run_dir, steps=int(last.get("step", 0)), seconds=time.perf_counter() - started,
         final_model=storage.join(run_dir, FINAL_MODEL_FOLDER) if stopped is None else "", stopped=stopped,
         metrics={**data_counts, **{k: v for k, v in last.items() if k != "step"}},
+        busy_shares=mean_busy_shares(history), idlest_role=(idlest_role(history) or (None,))[0],
     )
     storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(asdict(summary), indent=2))
     return summary

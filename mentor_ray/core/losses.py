@@ -8,8 +8,8 @@ to `TOKEN_LOSS_COMPONENTS`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -27,6 +27,12 @@ class PolicyLossInputs:
     # [batch] bool: rows that are off-policy expert traces (LUFFY); their tokens take the
     # shaping loss instead of PPO-clip. None: every row is the policy's own sample.
     off_policy: torch.Tensor | None = None
+    # One step of overlap (MENTOR.md section 12): the engine's log-prob of each sampled token
+    # (pi_behaviour, [batch, response_len]) and the [batch] bool rows whose PPO term is weighted
+    # by pi_prox / pi_behaviour: on-policy rows made by older weights than the learner holds.
+    # None: no row is corrected (lockstep, the paper's objective).
+    behaviour_log_probs: torch.Tensor | None = None
+    behaviour_corrected: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,13 @@ class ClipSettings:
     eps_low: float = 0.2
     eps_high: float = 0.28
     dual_clip: float | None = 3.0
+
+
+@dataclass(frozen=True)
+class BehaviourCorrection:
+    """Decoupled PPO's weight for stale on-policy tokens, truncated at `cap` (verl's default)."""
+
+    cap: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +128,20 @@ def shaped_token_loss(inputs: PolicyLossInputs, shaping: ShapingSettings) -> tup
     return -advantages * weight, weight
 
 
+def truncated_behaviour_weight(
+    proximal_log_probs: torch.Tensor, behaviour_log_probs: torch.Tensor, cap: float
+) -> torch.Tensor:
+    """min(pi_prox / pi_behaviour, cap) per token, with no gradient.
+
+    pi_prox is the learner's recomputed log-prob before the update (the PPO clip's anchor);
+    pi_behaviour the engine's, from older weights. The weight moves the sample's expectation
+    from the behaviour policy to the proximal one (AReaL's decoupled PPO); truncating it bounds
+    the variance that a token the old weights found unlikely would add (verl's TIS).
+    """
+    log_weight = (proximal_log_probs - behaviour_log_probs).detach()
+    return torch.clamp(torch.exp(log_weight), max=float(cap))
+
+
 TOKEN_LOSS_COMPONENTS: dict[str, Callable[[PolicyLossInputs], torch.Tensor]] = {
     "kl": kl_token_loss,
     "entropy": entropy_token_loss,
@@ -131,6 +158,7 @@ def policy_loss(
     weights: LossWeights,
     token_normalizer: float | None = None,
     shaping: ShapingSettings | None = None,
+    correction: BehaviourCorrection | None = None,
 ) -> PolicyLossOutput:
     """Token-level mean of the weighted components over the mini-batch.
 
@@ -146,6 +174,14 @@ def policy_loss(
         raise ValueError(f"token_normalizer must be > 0, got {normalizer}")
 
     ppo_tokens, clip_masks = ppo_clip_token_loss(inputs, clip)
+    corrected = None
+    if inputs.behaviour_corrected is not None and bool(inputs.behaviour_corrected.any()):
+        if inputs.behaviour_log_probs is None:
+            raise ValueError("behaviour-corrected rows need behaviour_log_probs")
+        corrected = inputs.behaviour_corrected.bool().unsqueeze(-1).expand_as(ppo_tokens)
+        cap = (correction or BehaviourCorrection()).cap
+        behaviour_weight = truncated_behaviour_weight(inputs.old_log_probs, inputs.behaviour_log_probs, cap)
+        ppo_tokens = torch.where(corrected, behaviour_weight * ppo_tokens, ppo_tokens)
     off_policy = None
     if inputs.off_policy is not None and bool(inputs.off_policy.any()):
         if shaping is None:
@@ -174,6 +210,14 @@ def policy_loss(
     # a learner adds them over micro-batches and ranks.
     metrics["sum/off_policy_tokens"] = 0.0
     metrics["sum/shaping_weight"] = 0.0
+    metrics["sum/behaviour_corrected_tokens"] = 0.0
+    metrics["sum/behaviour_weight"] = 0.0
+    metrics["sum/behaviour_weight_truncated_tokens"] = 0.0
+    if corrected is not None:
+        corrected_mask = corrected.to(mask.dtype) * mask
+        metrics["sum/behaviour_corrected_tokens"] = float(corrected_mask.sum())
+        metrics["sum/behaviour_weight"] = float((behaviour_weight * corrected_mask).sum())
+        metrics["sum/behaviour_weight_truncated_tokens"] = float(((behaviour_weight >= cap).to(mask.dtype) * corrected_mask).sum())
     if off_policy is not None:
         off_mask = off_policy.to(mask.dtype) * mask
         metrics["sum/off_policy_tokens"] = float(off_mask.sum())

@@ -21,12 +21,25 @@ class TrainingSample:
     advantage: float
     is_mixed: bool
     group_id: int  # the prompt this sample answers; mini-batches are made of whole prompts
-    # Log-probs the rollout engine reported; carried for diagnostics only (the loss uses the
-    # learner's own old log-probs, as the paper does, with no behaviour-policy correction).
+    # Log-probs the rollout engine reported. In lockstep only a diagnostic (the loss uses the
+    # learner's own old log-probs, as the paper does); for a stale on-policy sample, pi_behaviour
+    # of the decoupled objective (`behaviour_corrected`).
     behaviour_log_probs: list[float] | None = None
     # A stored expert trace in the group (LUFFY): trained with the shaping loss, not PPO, and
     # neither the policy's own sample nor a mixed one.
     is_expert_trace: bool = False
+    # The policy weights version (optimizer updates counted in RL steps) that generated it, and
+    # how many versions older that is than the learner's weights when it trains on it: 0 in
+    # lockstep, 1 for a rollout made while the previous step was learning (rollout.max_staleness).
+    weights_version: int = 0
+    behaviour_lag: int = 0
+
+    @property
+    def behaviour_corrected(self) -> bool:
+        """Trained with the decoupled objective's weight pi_prox / pi_behaviour (MENTOR.md
+        section 12): the policy's own samples from older weights. Mixed samples keep the paper's
+        rule (no behaviour correction), expert traces their shaping loss."""
+        return self.is_on_policy and self.behaviour_lag > 0 and bool(self.behaviour_log_probs)
 
     @property
     def is_on_policy(self) -> bool:
@@ -44,6 +57,7 @@ class TrainingSample:
             group_id=int(row["prompt_index"]),
             behaviour_log_probs=[float(v) for v in row["behaviour_log_probs"]],
             is_expert_trace=bool(row.get("is_expert_trace", False)),
+            weights_version=int(row.get("weights_version", 0)),
         )
 
 
@@ -94,6 +108,7 @@ def collate(samples: Sequence[TrainingSample], pad_token_id: int) -> dict[str, t
         "advantages": torch.tensor([float(s.advantage) for s in samples], dtype=torch.float32),
         "is_mixed": torch.tensor([bool(s.is_mixed) for s in samples], dtype=torch.bool),
         "off_policy": torch.tensor([bool(s.is_expert_trace) for s in samples], dtype=torch.bool),
+        "behaviour_corrected": torch.tensor([s.behaviour_corrected for s in samples], dtype=torch.bool),
     }
 
 

@@ -44,6 +44,7 @@ import deepspeed
 
 from mentor_ray.config import MentorConfig
 from mentor_ray.core.losses import (
+    BehaviourCorrection,
     ClipSettings,
     LossWeights,
     PolicyLossInputs,
@@ -183,6 +184,7 @@ class PolicyLearner:
         self.loss_weights = LossWeights(policy=1.0, kl=config.loss.kl_coef, entropy=config.loss.entropy_coef)
         # Used only by off-policy rows (LUFFY's expert traces); the learner does not ask which method.
         self.shaping = ShapingSettings(config.algorithm.shaping_gamma)
+        self.correction = BehaviourCorrection(config.loss.behaviour_weight_cap)
 
     def _pad_token_id(self, model: torch.nn.Module) -> int:
         for candidate in (model.config.pad_token_id, model.config.eos_token_id, 0):
@@ -356,6 +358,11 @@ class PolicyLearner:
         for name, value in clip_sums.items():
             if name.startswith("clip/"):
                 metrics["train/" + name.removeprefix("clip/")] = value / tokens
+        corrected_tokens = clip_sums.get("sum/behaviour_corrected_tokens", 0.0)
+        metrics["train/behaviour_corrected_token_share"] = corrected_tokens / tokens
+        if corrected_tokens > 0:  # stale on-policy tokens (one step of overlap)
+            metrics["train/behaviour_weight_mean"] = clip_sums["sum/behaviour_weight"] / corrected_tokens
+            metrics["train/behaviour_weight_truncated_share"] = clip_sums["sum/behaviour_weight_truncated_tokens"] / corrected_tokens
         off_policy_tokens = clip_sums.get("sum/off_policy_tokens", 0.0)
         if off_policy_tokens > 0:  # expert-trace tokens (LUFFY)
             metrics["train/expert_token_share"] = off_policy_tokens / tokens
@@ -405,8 +412,10 @@ class PolicyLearner:
                     response_mask=mask,
                     entropy=entropy,
                     off_policy=batch["off_policy"].to(log_probs.device),
+                    **self._behaviour_inputs(micro_batches[index], batch, width, log_probs.device),
                 )
-                output = policy_loss(inputs, self.clip, self.loss_weights, token_normalizer=normalizer, shaping=self.shaping)
+                output = policy_loss(inputs, self.clip, self.loss_weights, token_normalizer=normalizer, shaping=self.shaping,
+                                     correction=self.correction)
                 loss = output.loss
                 if not bool(torch.isfinite(loss)):
                     local["bad"] += 1.0
@@ -441,6 +450,16 @@ class PolicyLearner:
         for name, value in zip(clip_names, reduced[3:]):
             sums[name] = value
         return sums, applied, float(grad_norm) if grad_norm is not None else float("nan")
+
+    @staticmethod
+    def _behaviour_inputs(samples: list[TrainingSample], batch: dict[str, torch.Tensor], width: int, device) -> dict[str, Any]:
+        """The engine's log-probs of the micro-batch's stale on-policy rows, for the decoupled
+        objective; nothing when no row is stale, so lockstep runs today's loss exactly."""
+        corrected = batch["behaviour_corrected"]
+        if not bool(corrected.any()):
+            return {}
+        behaviour = [s.behaviour_log_probs if stale else [0.0] * len(s.response_token_ids) for s, stale in zip(samples, corrected.tolist())]
+        return {"behaviour_log_probs": align_to_response(behaviour, samples, width).to(device), "behaviour_corrected": corrected.to(device)}
 
     # --- weights out and checkpoints -----------------------------------------------------------
 

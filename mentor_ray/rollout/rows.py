@@ -35,6 +35,9 @@ class RolloutRow(TypedDict):
     response_token_ids: np.ndarray  # int64
     response_text: str
     behaviour_log_probs: np.ndarray  # float32
+    # The policy weights version (RL steps of updates) of the engine that generated the row,
+    # as the engine reported it; an expert trace takes the step's version (it has none of its own).
+    weights_version: int
     finish_reason: str
     mixture_weight_sum: float
     full_expert_positions: float
@@ -55,7 +58,7 @@ class RolloutRow(TypedDict):
 
 def generated_row(
     source: Any, *, sample_index: int, is_mixed: bool, is_expert_trace: bool, prompt_token_ids: Any,
-    response_token_ids: Any, response_text: str, behaviour_log_probs: Any, finish_reason: str,
+    response_token_ids: Any, response_text: str, behaviour_log_probs: Any, finish_reason: str, weights_version: int,
     call_totals: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A row before grading, for the prompt `source` (a mapping with prompt_index, problem_id
@@ -68,6 +71,7 @@ def generated_row(
         "response_token_ids": np.asarray(response_token_ids, dtype=np.int64),
         "response_text": response_text,
         "behaviour_log_probs": np.asarray(behaviour_log_probs, dtype=np.float32),
+        "weights_version": int(weights_version),
         "finish_reason": finish_reason,
         **{name: float(totals.get(name, 0.0)) for name in CALL_TOTAL_COLUMNS},
     }
