@@ -273,8 +273,9 @@ class ScalingConfig:
     # CPU threads of each engine and learner worker when they run on CPU. None: this machine's
     # cores shared by what runs at once: the engines that generate together (policy + mixed
     # when guided) split the cores, and so do the learner workers, since rollout and learning
-    # take turns. Ray's own default is one thread per reserved CPU, which on a 2-core machine
-    # leaves a core idle in every phase (measured: update 0.71 s -> 0.54 s with 2 threads).
+    # take turns (with rollout.max_staleness = 1 they do not: the learners get what is left).
+    # Ray's own default is one thread per reserved CPU, which on a 2-core machine leaves a core
+    # idle in every phase (measured: update 0.71 s -> 0.54 s with 2 threads).
     engine_threads: int | None = None
     learner_threads: int | None = None
     # Logical CPUs for a local Ray instance. On 2 physical cores Ray needs more than it
@@ -415,7 +416,13 @@ class MentorConfig:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         engines = self.scaling.num_policy_engines + (self.scaling.num_mixed_engines if self.guided else 0)
         engine = self.scaling.engine_threads or max(1, cores // max(1, engines))
-        learner = self.scaling.learner_threads or max(1, cores // self.scaling.num_learner_workers)
+        learners = self.scaling.num_learner_workers
+        if self.rollout.max_staleness > 0:
+            # Rollout and learning run at once: the learners take the cores the engines leave
+            # (at least one each). A learner on a node of its own sees only that node's cores.
+            learner = self.scaling.learner_threads or max(1, (cores - engine * engines) // learners)
+        else:
+            learner = self.scaling.learner_threads or max(1, cores // learners)
         return engine, learner
 
     def mini_batch_count(self, samples: int, prompts: int) -> int:

@@ -384,6 +384,9 @@ class NodeRecord:
     processes: list[dict[str, Any]] = field(default_factory=list)  # pid, start, role
     started_s: float = 0.0
     killed_at: float | None = None
+    # CPU cores the node and every process it starts may run on (None: all). Affinity passes
+    # to child processes, so two nodes on separate cores stand in for two devices.
+    cores: list[int] | None = None
 
     @property
     def head(self) -> bool:
@@ -588,6 +591,7 @@ class LocalCluster:
         object_store_mb: dict[str, int] | int | None = None,
         gpus: dict[str, int] | None = None,
         timeout_s: float = 300.0,
+        cores: dict[str, list[int]] | None = None,
     ) -> LocalCluster:
         """Start a head and one worker node per other key of `cpus` (default: engines and
         learners); returns when the GCS sees every node alive. `env` goes to every node's
@@ -596,6 +600,13 @@ class LocalCluster:
         cpus = dict(DEFAULT_CPUS if cpus is None else cpus)
         if HEAD not in cpus:
             raise LocalClusterError(f"cpus needs a {HEAD!r} entry: {cpus}")
+        cores = dict(cores or {})
+        available = sorted(os.sched_getaffinity(0))
+        for node_type, listed in cores.items():
+            if node_type not in cpus:
+                raise LocalClusterError(f"--cores names node type {node_type!r}, which the cluster does not have ({', '.join(cpus)})")
+            if not listed or not set(listed) <= set(available):
+                raise LocalClusterError(f"--cores {node_type}: cores {listed} are not among this machine's {available}")
         Path(folder).mkdir(parents=True, exist_ok=True)
         if (Path(folder) / STATE_FILE).exists():
             existing = cls.load(folder)
@@ -624,10 +635,11 @@ class LocalCluster:
         try:
             with cluster._locked():
                 began = time.monotonic()
-                head = cluster._new_node(HEAD, HEAD, cpus[HEAD], (gpus or {}).get(HEAD, 0), store_mb(HEAD))
+                head = cluster._new_node(HEAD, HEAD, cpus[HEAD], (gpus or {}).get(HEAD, 0), store_mb(HEAD), cores.get(HEAD))
                 cluster._launch([head], timeout_s)
                 workers = [
-                    cluster._new_node(node_type, node_type, count, (gpus or {}).get(node_type, 0), store_mb(node_type))
+                    cluster._new_node(node_type, node_type, count, (gpus or {}).get(node_type, 0), store_mb(node_type),
+                                      cores.get(node_type))
                     for node_type, count in cpus.items()
                     if node_type != HEAD
                 ]
@@ -642,7 +654,9 @@ class LocalCluster:
             raise
         return cluster
 
-    def _new_node(self, name: str, node_type: str, num_cpus: int, num_gpus: int, object_store_mb: int) -> NodeRecord:
+    def _new_node(
+        self, name: str, node_type: str, num_cpus: int, num_gpus: int, object_store_mb: int, cores: list[int] | None = None,
+    ) -> NodeRecord:
         base = reserve_port_block(self.state_file, name)
         node = NodeRecord(
             name=name,
@@ -655,6 +669,7 @@ class LocalCluster:
             port_block=base,
             temp_dir=os.path.join(self.temp_root, name),
             start_log=os.path.join(self.folder, f"{name}.start.log"),
+            cores=list(cores) if cores else None,
         )
         self.nodes[name] = node
         self.save()  # the reservation is only stale once this cluster no longer lists it
@@ -729,6 +744,8 @@ class LocalCluster:
                 env=self._node_env(node),
                 cwd=node.temp_dir,
                 start_new_session=True,
+                # Set in the child before `ray start` runs; every process of the node inherits it.
+                preexec_fn=(lambda: os.sched_setaffinity(0, node.cores)) if node.cores else None,
             )
         proc = _read_proc(process.pid)
         node.sid, node.launcher_start = process.pid, proc.start if proc else 0
@@ -851,6 +868,7 @@ class LocalCluster:
                 template.num_cpus if num_cpus is None else num_cpus,
                 template.num_gpus,
                 template.object_store_memory // (1024 * 1024),
+                template.cores,
             )
             try:
                 self._launch([node], timeout_s)
@@ -943,6 +961,18 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return pairs
 
 
+def _core_list(text: str) -> list[int]:
+    """`0`, `0-3` or `0-1+4` (`+` joins ranges: `,` already separates node types)."""
+    cores: list[int] = []
+    try:
+        for part in text.split("+"):
+            first, _, last = part.partition("-")
+            cores += list(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise SystemExit(f"--cores: expected core numbers like 0, 0-3 or 0-1+4, got {text!r}") from None
+    return cores
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.local_cluster", description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default=None, help=f"the cluster's folder (state, start logs); default ${FOLDER_ENV} or {DEFAULT_FOLDER}")
@@ -951,6 +981,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--cpus", action="append", default=[], help=f"logical CPUs per node type, e.g. head=4,engines=8,learners=4 (default {DEFAULT_CPUS}); a new type adds a node")
     up.add_argument("--object-store-mb", type=int, default=DEFAULT_OBJECT_STORE_MB, help="object store per node (MB)")
     up.add_argument("--env", action="append", default=[], help="KEY=VALUE for every node's processes (repeatable)")
+    up.add_argument("--cores", action="append", default=[], help="pin a node type to CPU cores, e.g. engines=0,learners=1 "
+                    "or engines=0-3 (what `taskset -c` takes); every process of the node inherits it")
     up.add_argument("--timeout", type=float, default=300.0)
     down = commands.add_parser("down", help="kill this cluster's processes (only those) and remove its state")
     down.add_argument("--keep-logs", action="store_true", help="keep the nodes' temp dirs (Ray's logs)")
@@ -969,7 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
             cpus = dict(DEFAULT_CPUS)
             cpus.update({key: int(value) for key, value in _pairs(args.cpus, "--cpus").items()})
             began = time.monotonic()
-            cluster = LocalCluster.up(args.folder, env=_pairs(args.env, "--env"), cpus=cpus, object_store_mb=args.object_store_mb, timeout_s=args.timeout)
+            cores = {key: _core_list(value) for key, value in _pairs(args.cores, "--cores").items()}
+            cluster = LocalCluster.up(args.folder, env=_pairs(args.env, "--env"), cpus=cpus, object_store_mb=args.object_store_mb,
+                                      timeout_s=args.timeout, cores=cores)
             print(f"up in {time.monotonic() - began:.1f} s")
             print(format_status(cluster, cluster.status()))
             exports = " ".join(f"{key}={value}" for key, value in cluster.client_env().items() if key != "RAY_AUTH_TOKEN")

@@ -16,13 +16,13 @@ and the rollout plan.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import random
 import tempfile
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from torch.distributed import ReduceOp
 
 from mentor_ray import storage
 from mentor_ray.config import MentorConfig, config_from_dict
-from mentor_ray.core.guidance import guidance_alpha, next_entropy_threshold
+from mentor_ray.core.guidance import next_entropy_threshold
 from mentor_ray.core.methods import method_for
 from mentor_ray.core.staleness import admit_by_staleness
 from mentor_ray.data.prompt_schedule import PromptSchedule
@@ -51,19 +51,22 @@ from mentor_ray.metrics import (
     METRICS_FILE,
     build_sinks,
     entropy_metrics,
-    mixture_metrics,
     objective_metrics,
     orchestration_metrics,
     read_metrics,
-    rollout_metrics,
     rollout_time_metrics,
 )
 from mentor_ray.timeline import ROLES, TIMELINE_FILE, RoleTimeline, clipped
 from pipelines.console import ConsoleLines, step_line
 from pipelines.evaluation import evaluate_policy
 from pipelines.roles import RolloutRoles, process_whereabouts
-from pipelines.rollout import PromptRecord, RolloutPlan, run_rollout
 from pipelines.rollout_shards import exchange, fetch_shard, share_rollout
+from pipelines.step_rollout import (
+    PreparedRollout,
+    RolloutInFlight,
+    StepRolloutMaker,
+    start_step_rollout,
+)
 
 CLIENT_STATE_FILE = "loop_state.json"
 # A finished rollout of the next step, saved with a checkpoint taken while it was in flight.
@@ -175,32 +178,6 @@ class LoopState:
         return numbers
 
 
-@dataclass
-class PreparedRollout:
-    """One step's graded, scored samples on rank 0, with the numbers that describe them."""
-
-    step: int
-    samples: list[TrainingSample]
-    metrics: dict[str, float]
-    started: float  # wall clock (time.time()), to place it on the roles' timeline
-    ended: float
-    bad_reference_problems: list[str] = field(default_factory=list)
-
-    def to_json(self) -> str:
-        return json.dumps({**dataclasses.asdict(self), "samples": [dataclasses.asdict(s) for s in self.samples]})
-
-    @classmethod
-    def from_json(cls, text: str) -> PreparedRollout:
-        data = json.loads(text)
-        return cls(**{**data, "samples": [TrainingSample(**s) for s in data["samples"]]})
-
-
-def _finished(value: PreparedRollout) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop.
 
@@ -230,10 +207,14 @@ class TrainingLoop:
         self.run_dir = paths.run_dir  # a local path or a URI: every file goes through mentor_ray.storage
         self.learner = PolicyLearner(node_model_dir(paths.policy_ref or paths.policy_dir, "model.policy_path"), self.config, self.world_size, self.rank)
         self.schedule = PromptSchedule(len(inputs.train_problems), self.config.rollout.prompts_per_step, self.config.seed, self.config.data.shuffle)
-        self.prompts_per_batch = rollout_batch_prompts(self.config)
         self.state = LoopState(entropy_threshold=self.config.guidance.tau_init)
-        self.in_flight: Future | None = None  # the next step's rollout (rank 0, with overlap)
-        self.rollout_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout-in-flight")
+        self.in_flight: RolloutInFlight | None = None  # the next step's rollout (rank 0, with overlap)
+        self.make_rollout = StepRolloutMaker(
+            self.config, self.method, self.roles, self.schedule, inputs.train_problems, inputs.expert_traces,
+            rollout_batch_prompts(self.config),
+        )
+        # Put once: the in-flight rollout task of every step reads the problems from here.
+        self.make_rollout_ref = ray.put(self.make_rollout) if self.is_chief and self.config.rollout.max_staleness > 0 else None
         roles = ROLES if self.config.guided else tuple(r for r in ROLES if r != "mixed_engines")
         self.timeline = RoleTimeline(time.time(), roles)
         self.bad_references_told: set[str] = set()
@@ -264,7 +245,7 @@ class TrainingLoop:
                 # The next step's rollout had finished when the checkpoint was taken: train on
                 # exactly those samples (regenerating them would need the weights before the
                 # checkpoint's step, which the checkpoint no longer holds).
-                self.in_flight = _finished(PreparedRollout.from_json(stored.read_text()))
+                self.in_flight = RolloutInFlight(finished=PreparedRollout.from_json(stored.read_text()))
         self.state = LoopState.restored(loaded, self.state)
         if self.is_chief:
             self.console.say(f"resuming at step {self.state.step} from {checkpoint.path}")
@@ -304,7 +285,6 @@ class TrainingLoop:
                     break
         finally:
             self._settle_in_flight()
-            self.rollout_thread.shutdown(wait=True)
         if first_step > config.total_steps:
             # Resumed at the last step (a run interrupted after its final checkpoint): report the
             # last step again, so whoever follows the reports (a Tune trial) sees how it ended.
@@ -346,7 +326,10 @@ class TrainingLoop:
         metrics["time/step_seconds"] = step_seconds
         if self.is_chief:
             self._drain_busy()
-            metrics.update(self.timeline.step_shares(step, window_start, time.time()))
+            window_end = time.time()
+            metrics.update(self.timeline.step_shares(step, window_start, window_end))
+            # Unix seconds, so a benchmark can line up what it samples beside the run (CPU load).
+            metrics["time/step_started_at"], metrics["time/step_ended_at"] = window_start, window_end
         metrics.update(orchestration_metrics(metrics))
         self.state.elapsed_seconds = time.perf_counter() - run_started
         eta = self.state.elapsed_seconds / step * (config.total_steps - step)
@@ -381,7 +364,7 @@ class TrainingLoop:
                 dropped, prepared = admitted.dropped, dataclasses.replace(prepared, samples=admitted.kept)
         metrics["time/rollout_wait_seconds"] = time.perf_counter() - waited
         if prepared is None:
-            prepared = self._make_rollout(step, self.state.entropy_threshold, self.published_version)
+            prepared = self.make_rollout(step, self.state.entropy_threshold, self.published_version)
             prepared = dataclasses.replace(prepared, samples=admit_by_staleness(prepared.samples, learner_version, 0).kept)
             self._drain_busy()
         metrics["rollout/stale_rows_dropped"] = float(dropped)
@@ -395,39 +378,9 @@ class TrainingLoop:
         if self.config.rollout.max_staleness > 0 and step < self.config.total_steps:
             # The next step's rollout runs on the weights the engines hold now (before this
             # step's update), with the tau of the latest finished learner pass.
-            self.in_flight = self.rollout_thread.submit(
-                self._make_rollout, step + 1, self.state.entropy_threshold, self.published_version)
+            self.in_flight = start_step_rollout(
+                self.make_rollout_ref, self.config, step + 1, self.state.entropy_threshold, self.published_version)
         return prepared
-
-    def _make_rollout(self, step: int, entropy_threshold: float, weights_version: int) -> PreparedRollout:
-        """Generates, grades and scores `step`'s samples with the engines' current weights."""
-        config, problems = self.config, self.inputs.train_problems
-        alpha = guidance_alpha(step, config.guidance.alpha_0, config.guidance.decay_steps)
-        prompts = [
-            PromptRecord(position, problems[i].problem_id, problems[i].answer, problems[i].prompt_token_ids,
-                         *self.inputs.expert_traces.get(problems[i].problem_id, (None, None)))
-            for position, i in enumerate(self.schedule.indices_for_step(step))
-        ]
-        plan = RolloutPlan(
-            step=step, seed=config.seed, n_on_policy=config.rollout.n_on_policy - self.method.expert_traces_per_group,
-            n_mixed=config.rollout.n_mixed if alpha > 0 else 0, advantages=self.method.advantages,
-            expert_traces_per_group=self.method.expert_traces_per_group, max_new_tokens=config.rollout.max_response_tokens,
-            temperature=config.rollout.temperature, top_p=config.rollout.top_p, entropy_threshold=entropy_threshold,
-            alpha=alpha, weights_version=weights_version, prompts_per_batch=self.prompts_per_batch,
-        )
-        started = time.time()
-        rollout = run_rollout(prompts, plan, self.roles)
-        metrics = {"guidance/alpha": alpha, "guidance/entropy_threshold": entropy_threshold,
-                   "rollout/weights_version": float(weights_version)}
-        metrics.update(rollout_metrics(rollout.rows))
-        metrics.update(mixture_metrics(rollout.mixture))
-        metrics["rollout/dropped_prompts"] = float(rollout.dropped_prompts)
-        for status, count in rollout.grading.items():
-            metrics[f"reward/grading_{status}"] = float(count)
-        metrics["time/rollout_seconds"] = rollout.seconds
-        metrics["time/rollout_tokens_per_second"] = rollout.generated_tokens / max(rollout.seconds, 1e-9)
-        samples = [TrainingSample.from_rollout_row(row) for row in rollout.rows]
-        return PreparedRollout(step, samples, metrics, started, time.time(), rollout.bad_reference_problems)
 
     def shard(self, step: int, rollout: PreparedRollout | None, metrics: dict[str, float]) -> list[list[TrainingSample]]:
         """Every rank's local mini-batches, through the object store."""
@@ -540,10 +493,9 @@ class TrainingLoop:
         """A rollout still in flight when the loop ends (a stop, an error) is waited for, so no
         engine call outlives the loop; its samples are not trained on."""
         if self.in_flight is not None:
-            try:
+            # The loop is already ending for its own reason: the rollout's error would hide it.
+            with contextlib.suppress(Exception):
                 self.in_flight.result()
-            except Exception:  # noqa: BLE001 - the loop is already ending for its own reason
-                pass
 
     def _write_timeline(self) -> None:
         if self.is_chief:

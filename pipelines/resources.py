@@ -51,6 +51,8 @@ def run_needs(config: MentorConfig) -> RunNeeds:
     learners = scaling.num_learner_workers
     # One stage task per engine batch can be in flight at once (pipelines.loop.rollout_batch_prompts).
     stage_tasks = max(scaling.num_policy_engines, scaling.num_mixed_engines if config.guided else 0)
+    # With a step in flight, its rollout runs as a task of its own (pipelines.step_rollout).
+    stage_tasks += 1 if config.rollout.max_staleness > 0 else 0
     cpus = engines * scaling.cpus_per_engine + learners * scaling.cpus_per_learner_worker + GRADER_CPUS + stage_tasks * STAGE_TASK_CPUS
     gpus = (engines * scaling.gpus_per_engine + learners) if scaling.use_gpu else 0
     return RunNeeds(cpus=round(cpus, 6), gpus=gpus, engines=engines, learners=learners)

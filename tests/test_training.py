@@ -153,7 +153,14 @@ def test_compare_reads_finished_runs_from_a_bucket(short_run, s3_bucket, monkeyp
 def _shard_records(folder: Path, rank: int) -> dict[int, list[list[tuple]]]:
     """step -> this rank's local mini-batches, each a list of (group_id, is_mixed, response ids)."""
     records = [json.loads(line) for line in (folder / f"rank{rank}.jsonl").read_text().splitlines()]
-    return {r["step"]: [[(g, m, tuple(ids)) for g, m, ids in batch] for batch in r["mini_batches"]] for r in records}
+    return {r["step"]: [[(g, m, tuple(ids)) for g, m, ids, _ in batch] for batch in r["mini_batches"]] for r in records}
+
+
+def _trained_versions(folder: Path, rank: int = 0) -> dict[int, set[int]]:
+    """step -> the weights versions of the rows this rank trained on (the last attempt of a
+    step that was re-run after a restart)."""
+    records = [json.loads(line) for line in (folder / f"rank{rank}.jsonl").read_text().splitlines()]
+    return {r["step"]: {version for batch in r["mini_batches"] for *_, version in batch} for r in records}
 
 
 def test_two_learner_workers_train_as_one_and_stop_together_on_nan(short_run, tmp_path):
@@ -288,29 +295,34 @@ def _kill_learner_workers_after(metrics_path: Path, step: int, killed: dict) -> 
                     if cmdline.startswith("ray::RayTrainWorker") and (process.info["pid"] in own_session or not own_session):
                         process.send_signal(signal.SIGKILL)
                         killed["pid"] = process.info["pid"]
+                        killed["step_lines"] = {r["step"]: r for r in read_metrics(metrics_path)}
                 return
         except Exception as error:  # noqa: BLE001 - reported through the caller's assert
             killed.setdefault("errors", []).append(repr(error))
         time.sleep(0.2)
 
 
-def test_mentor_lifts_the_toy_policy_through_a_learner_restart(toy_world, tmp_path):
-    """Six MENTOR steps of the embedded recipe (seed 42) already make the policy unlearn its
-    stop-early habit: validation accuracy jumps, and guided samples out-earn on-policy ones.
-    The learner worker is killed after step 3: Ray Train restarts it from the step-2
-    checkpoint, the loop re-runs step 3, and metrics.jsonl holds every step once."""
+def test_mentor_lifts_the_toy_policy_with_a_step_in_flight_through_a_learner_restart(toy_world, tmp_path):
+    """Six MENTOR steps of the embedded recipe (seed 42) with one step of overlap
+    (rollout.max_staleness=1) already make the policy unlearn its stop-early habit: validation
+    accuracy jumps, and guided samples out-earn on-policy ones. Every row trained at step k was
+    made by weights version k-1 or k-2, k-2 from step 2 on. The learner worker is killed after
+    step 3, with step 4's rollout in flight: Ray Train restarts it from the step-2 checkpoint,
+    which stored step 3's finished rollout; the re-run step 3 repeats the first one, and
+    metrics.jsonl holds every step once."""
     import ray
 
     config = load_config(DEFAULT_RECIPE, [
         f"logging.run_root={tmp_path}", "logging.run_name=learns", "total_steps=6", "eval.every_steps=6",
-        "eval.max_problems=64", "checkpoint.every_steps=2",
+        "eval.max_problems=64", "checkpoint.every_steps=2", "rollout.max_staleness=1",
     ])
     metrics_path = tmp_path / "learns" / "metrics.jsonl"
+    (tmp_path / "shards").mkdir()
     killed: dict = {}
     killer = threading.Thread(target=_kill_learner_workers_after, args=(metrics_path, 3, killed), daemon=True)
     killer.start()
     try:
-        summary = run_training(config)
+        summary = run_training(config, shard_record_dir=str(tmp_path / "shards"))
     finally:
         killer.join(timeout=5)
         ray.shutdown()
@@ -320,14 +332,35 @@ def test_mentor_lifts_the_toy_policy_through_a_learner_restart(toy_world, tmp_pa
     assert [json.loads(line)["step"] for line in metrics_path.read_text().splitlines()] == [0, 1, 2, 3, 4, 5, 6]
     history = read_metrics(metrics_path)
     initial, final = history[0]["val/greedy_accuracy"], history[-1]["val/greedy_accuracy"]
-    # Measured 0.23 -> 0.55 on 128 problems; 64 problems give a standard error of ~0.08 on the
-    # difference, so +0.15 leaves room for float noise while a broken update cannot pass.
+    # Measured 0.23 -> 0.55 on 128 problems in lockstep; 64 problems give a standard error of
+    # ~0.08 on the difference, so +0.15 leaves room for float noise while a broken update cannot pass.
     assert final >= initial + 0.15, (initial, final)
-    guided = [r for r in history if r.get("rollout/mixed_samples", 0) > 0 and r["step"] >= 2]
-    assert len(guided) == 5
+    guided = [r for r in history if r.get("rollout/mixed_samples", 0) > 0 and r["step"] >= 3]
+    assert len(guided) == 4  # tau of step 2 is still tau_init: step 0's pass does not exist
     mixed = sum(r["rollout/mixed_reward"] for r in guided) / len(guided)
     on_policy = sum(r["rollout/on_policy_reward"] for r in guided) / len(guided)
     assert mixed >= on_policy + 0.1, (mixed, on_policy)
+
+    # Staleness: versions count updates, so step k's learner holds version k - 1.
+    versions = _trained_versions(tmp_path / "shards")
+    assert versions == {1: {0}, **{k: {k - 2} for k in range(2, 7)}}, versions
+    for row in history[2:]:
+        assert row["rollout/stale_rows_dropped"] == 0 and row["rollout/behaviour_lag_max"] == 1
+        assert row["rollout/weights_version"] == row["step"] - 2
+        assert 0 < row["train/behaviour_corrected_token_share"] < 1  # the on-policy share of tokens
+        assert 0.5 < row["train/behaviour_weight_mean"] < 2.0
+        # tau of step k is set by step k-2's learner pass: the threshold step k+2 logs.
+    for earlier, later in zip(history[1:], history[3:]):
+        assert later["guidance/entropy_threshold"] == pytest.approx(
+            max(earlier["rollout/entropy_p95"], config.guidance.tau_floor), rel=1e-5), (earlier["step"], later["step"])
+    # The restart resumed from a checkpoint taken with step 3's rollout finished and in flight:
+    # the re-run trains on exactly those samples, so step 3 repeats itself.
+    first, again = killed["step_lines"][3], history[3]
+    for key in ("rollout/on_policy_reward", "rollout/mixed_reward", "rollout/response_length", "guidance/entropy_threshold",
+                "train/tokens"):
+        assert again[key] == first[key], key
+    for key in ("train/loss", "train/grad_norm", "rollout/entropy_mean"):
+        assert again[key] == pytest.approx(first[key], rel=1e-4, abs=1e-6), key
 
 
 def test_unnamed_run_folders_say_which_algorithm(tmp_path):
