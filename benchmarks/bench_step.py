@@ -109,9 +109,10 @@ from mentor_ray.config import load_config
 from mentor_ray.data.prompt_schedule import PromptSchedule
 from mentor_ray.rollout.engines import EngineSettings, PolicyEngine, SamplingSpec
 from mentor_ray.data.run_inputs import load_tokenized_problems, resolve_run_paths
+from pipelines.train import DEFAULT_RECIPE
 from transformers import AutoTokenizer
 prompts, samples, new_tokens, seed, steps = map(int, sys.argv[1:6])
-config = load_config(sys.argv[6] or None, [f"seed={seed}"])
+config = load_config(sys.argv[6] or DEFAULT_RECIPE, [f"seed={seed}"])
 paths = resolve_run_paths(config, Path(tempfile.mkdtemp()))
 tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
 problems, _ = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train", say=lambda _: None)

