@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mentor_ray import storage
-from mentor_ray.timeline import covered_seconds
+from mentor_ray.timeline import ROLES, covered_seconds
 from mentor_ray.rollout.rows import RolloutRow
 
 METRICS_FILE = "metrics.jsonl"
@@ -36,6 +36,9 @@ STEP_METRICS = frozenset(
         "accepted_draft_length", "accuracy", "composite_passes_per_token", "draft_acceptance_rate", "dropped_prompts",
         "entropy_mean", "entropy_p95", "format_rate", "full_expert_share",
         "mixture_weight_mean", "response_length", "reward", "truncated_rate",
+        # One step of overlap: the rollout's weights version, the largest lag it was trained at,
+        # rows dropped for being older than rollout.max_staleness.
+        "weights_version", "behaviour_lag_max", "stale_rows_dropped",
     )]
     + [f"rollout/{kind}_{name}" for kind in ("on_policy", "mixed", "expert_trace")
        for name in ("accuracy", "format_rate", "response_length", "reward", "samples")]
@@ -46,13 +49,17 @@ STEP_METRICS = frozenset(
         "engine_busy_seconds", "export_seconds", "grading_busy_seconds", "learn_seconds", "old_log_prob_seconds",
         "orchestration_seconds", "orchestration_share", "rollout_fetch_seconds_max", "rollout_overhead_seconds",
         "rollout_seconds", "rollout_tokens_per_second", "rollout_work_seconds", "step_seconds", "sync_seconds",
-        "update_seconds", "validate_seconds",
+        "update_seconds", "validate_seconds", "rollout_wait_seconds", "in_flight_wait_seconds",
+        "step_started_at", "step_ended_at",
     )]
     + [f"train/{name}" for name in (
         "behaviour_log_prob_gap_max", "clip_high_fraction", "clip_low_fraction", "dual_clip_fraction",
         "empty_mini_batches", "entropy_mean", "expert_token_share", "grad_norm", "loss", "lr", "optimizer_steps",
         "shaping_weight_mean", "skipped_updates", "tokens",
+        "behaviour_corrected_token_share", "behaviour_weight_mean", "behaviour_weight_truncated_share",
+        "stale_behaviour_log_prob_gap_max",
     )]
+    + [f"busy/{role}_share" for role in (*ROLES, "overlap")]
     + [f"transfer/{name}" for name in (
         "rollout_bytes", "rollout_bytes_per_rank_max", "weights_bytes", "weights_bytes_to_engines",
     )]
