@@ -40,9 +40,23 @@ def test_short_run_writes_everything(short_run):
     # tau for step 2 is the p95 quantile (floored) of step 1's on-policy entropies.
     assert history[2]["guidance/entropy_threshold"] >= 0.3
     assert "val/greedy_accuracy" in history[2] and "val/greedy_accuracy" in history[3]
-    for name in ("val_accuracy.png", "entropy.png", "response_length.png", "reward.png"):
+    for name in ("val_accuracy.png", "entropy.png", "response_length.png", "reward.png", "timeline.png"):
         assert (run_dir / "plots" / name).stat().st_size > 1000
-    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 3
+    # Lockstep (rollout.max_staleness=0): every row fresh, nothing corrected, nothing dropped, and
+    # the roles take turns: each works part of the step, never the engines beside the learners.
+    for row in history[1:]:
+        assert row["rollout/weights_version"] == row["step"] - 1 and row["rollout/behaviour_lag_max"] == 0
+        assert row["rollout/stale_rows_dropped"] == 0 and row["train/behaviour_corrected_token_share"] == 0
+        for role in ("policy_engines", "mixed_engines", "learners"):
+            assert 0.05 < row[f"busy/{role}_share"] < 0.95, (row["step"], role)
+        assert row["busy/overlap_share"] < 0.02, row["step"]
+    from mentor_ray.timeline import read_chrome_trace
+
+    busy, steps = read_chrome_trace((run_dir / "timeline.json").read_text())
+    assert [step for step, _, _ in steps] == [1, 2, 3] and busy["learners"] and busy["policy_engines"]
+    assert summary["idlest_role"] in ("policy_engines", "mixed_engines", "learners")
 
 
 def test_exported_model_loads_in_transformers(short_run):
@@ -389,6 +403,7 @@ def test_console_of_a_direct_run_is_a_start_line_one_line_per_step_and_a_summary
     # Step 0 is the initial policy's validation.
     assert [line.split(" |")[0] for line in lines[1:-1]] == ["step 0/3", "step 1/3", "step 2/3", "step 3/3"], short_run.stdout[-4000:]
     assert "initial policy val" in lines[1] and "ETA" in lines[2] and lines[-1].startswith("done: 3 steps")
+    assert "| idlest role " in lines[-1] and "% of the time" in lines[-1]
     assert "nan" not in short_run.stdout.lower()
     assert short_run.stderr.strip() == ""
     log = (Path(short_run.run_dir) / "run.log").read_text()
