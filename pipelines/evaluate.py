@@ -83,6 +83,12 @@ def evaluate(model: str, benchmarks: list[str], out_dir: Path, *, config_file: s
         raise ConfigError(f"--limit {limit}: must be a positive number of problems")
     if samples is not None and samples < 1:
         raise ConfigError(f"--samples {samples}: must be a positive number of samples per problem")
+    for name, path in (files or {}).items():
+        # Checked before anything starts (Ray, the engines): a typo should cost a second, not 25.
+        if name not in BENCHMARKS:
+            raise ConfigError(f"--file {name}={path}: unknown benchmark {name!r}; known: {sorted(BENCHMARKS)}")
+        if not Path(path).is_file():
+            raise ConfigError(f"--file {name}={path}: no such file")
     from_model = () if config_file else lengths_from_model(model)
     config = load_config(config_file, [*from_model, *overrides, f"model.policy_path={_model_dir(model)}", "rollout.n_mixed=0",
                                        "logging.run_root=" + str(out_dir)])
@@ -207,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted config overrides")
     args = parser.parse_args(argv)
     try:
+        malformed = [item for item in args.file if "=" not in item]
+        if malformed:
+            raise ConfigError(f"--file {malformed[0]}: expected NAME=PATH, e.g. math500=/data/math500.jsonl")
         files = dict(item.split("=", 1) for item in args.file)
         evaluate(args.model, [b.strip() for b in args.benchmarks.split(",") if b.strip()], args.out,
                  config_file=args.config, overrides=tuple(args.overrides), limit=args.limit, samples=args.samples, files=files,

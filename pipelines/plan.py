@@ -69,12 +69,18 @@ class ClusterSpec:
         import yaml
 
         path = Path(path)
+        if gpu_memory_gib is not None and not gpu_memory_gib > 0:
+            raise ConfigError(f"--gpu-memory-gib {gpu_memory_gib:g}: must be a positive number of GiB per GPU")
         try:
             data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise ConfigError(f"--cluster {path}: no such file") from None
         except yaml.YAMLError as error:
-            raise ConfigError(f"--cluster {path}: not valid YAML ({error})") from None
+            # One line: the parser's own message spans several, with the offending text quoted.
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise ConfigError(f"--cluster {path}: not valid YAML{where}: {problem}") from None
         if not isinstance(data, dict) or not isinstance(data.get("available_node_types"), dict):
             raise ConfigError(f"--cluster {path}: no available_node_types (a Ray cluster file has them)")
         head = data.get("head_node_type")

@@ -197,6 +197,22 @@ def test_input_problems_are_one_line_errors_before_any_engine_starts(tmp_path, c
                                            str(train.DEFAULT_RECIPE), "--out", str(tmp_path / "e3"), "model.max_model_len=4096"]),
                     2, "has 512 positions")
     _one_line_error(capsys, compare.main(["--runs", str(tmp_path / "A"), str(tmp_path / "B")]), 2, "--runs", "no such folder")
+    # A missing or misnamed --file is refused before Ray starts (it took 25 s to say so).
+    _one_line_error(capsys, evaluate.main(["--model", toy_policy, "--benchmarks", "math500", "--file",
+                                           f"math500={tmp_path / 'missing.jsonl'}", "--out", str(tmp_path / "e4")]),
+                    2, "--file math500=", "missing.jsonl: no such file")
+    _one_line_error(capsys, evaluate.main(["--model", toy_policy, "--benchmarks", "math500", "--file", "math5000=x.jsonl",
+                                           "--out", str(tmp_path / "e5")]), 2, "unknown benchmark 'math5000'")
+    _one_line_error(capsys, evaluate.main(["--model", toy_policy, "--benchmarks", "math500", "--file", "math500",
+                                           "--out", str(tmp_path / "e6")]), 2, "expected NAME=PATH")
+    # The capacity plan: a negative GPU memory and a cluster file that is not YAML, one line each.
+    gpu_recipe = str(REPO / "configs/qwen2.5-7b.yaml")
+    _one_line_error(capsys, plan.main(["--config", gpu_recipe, "--gpu-memory-gib", "-5"]), 2,
+                    "--gpu-memory-gib -5: must be a positive number")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("available_node_types:\n  gpu_worker: {resources: {GPU: 8}\n  head: [\n")
+    _one_line_error(capsys, plan.main(["--config", gpu_recipe, "--cluster", str(broken)]), 2,
+                    f"--cluster {broken}: not valid YAML at line")
     assert not ray.is_initialized()
     with pytest.raises(ConfigError, match=r"rollout.temperature=inf: must be a finite number"):
         load_config(None, ["rollout.temperature=inf"])
