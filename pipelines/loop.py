@@ -352,20 +352,18 @@ class TrainingLoop:
         self.in_flight = None
         if prepared is not None and prepared.step != step:
             raise RuntimeError(f"the rollout in flight is step {prepared.step}'s, not step {step}'s")
-        learner_version = step - 1  # the weights after step - 1's update
         dropped = 0
         if prepared is not None:
-            admitted = admit_by_staleness(prepared.samples, learner_version, self.config.rollout.max_staleness)
-            if not admitted.kept:
-                # Every row too old (a checkpoint of an overlapped run resumed in lockstep): count
-                # them and make the step's rollout again on the current weights.
-                dropped, prepared = admitted.dropped, None
-            else:
-                dropped, prepared = admitted.dropped, dataclasses.replace(prepared, samples=admitted.kept)
+            # The learner holds the weights after step - 1's update.
+            admitted = admit_by_staleness(prepared.samples, step - 1, self.config.rollout.max_staleness)
+            dropped = admitted.dropped
+            # Every row too old (a checkpoint of an overlapped run resumed in lockstep): the
+            # step's rollout is made again on the current weights.
+            prepared = dataclasses.replace(prepared, samples=admitted.kept) if admitted.kept else None
         metrics["time/rollout_wait_seconds"] = time.perf_counter() - waited
         if prepared is None:
+            # Made now on the learner's own weights: every row has lag 0, the samples' default.
             prepared = self.make_rollout(step, self.state.entropy_threshold, self.published_version)
-            prepared = dataclasses.replace(prepared, samples=admit_by_staleness(prepared.samples, learner_version, 0).kept)
             self._drain_busy()
         metrics["rollout/stale_rows_dropped"] = float(dropped)
         metrics["rollout/behaviour_lag_max"] = float(max((s.behaviour_lag for s in prepared.samples), default=0))

@@ -42,7 +42,7 @@ class PreparedRollout:
     bad_reference_problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
-        return json.dumps({**dataclasses.asdict(self), "samples": [dataclasses.asdict(s) for s in self.samples]})
+        return json.dumps(dataclasses.asdict(self))  # asdict recurses into the samples
 
     @classmethod
     def from_json(cls, text: str) -> PreparedRollout:
