@@ -391,6 +391,30 @@ class EvalConfig:
 
 
 @dataclass
+class SyncConfig:
+    """How the weights go from learner rank 0 to the engines after each update
+    (pipelines/weight_sync.py). `object_store`: one put, every engine pulls a copy; fine while
+    engines and learners share a node or the model is small. `collective`: one broadcast through
+    vLLM's weight-transfer API (NCCL on GPUs, gloo on CPU), the object store kept as the
+    fallback; across nodes at 135M it took 0.xx of the object store's time (RESULTS.md)."""
+
+    transport: Literal["object_store", "collective"] = "object_store"
+    bucket_mb: float = 256.0  # tensors packed per broadcast; each side holds one bucket
+    timeout_s: float = 120.0  # every call to an engine and every broadcast of a sync
+    # Every N-th sync, check that each engine got what was sent (CRC32 per bucket, collective)
+    # and that all engines hold identical policy weights (vLLM's weight checker). 0: never.
+    verify_every_steps: int = 1
+
+    def check(self, errors: list[str], prefix: str) -> None:
+        if not self.bucket_mb > 0:
+            _problem(errors, f"{prefix}.bucket_mb", self.bucket_mb, "must be > 0 (MiB per packed bucket)")
+        if not self.timeout_s > 0:
+            _problem(errors, f"{prefix}.timeout_s", self.timeout_s, "must be > 0 seconds")
+        if self.verify_every_steps < 0:
+            _problem(errors, f"{prefix}.verify_every_steps", self.verify_every_steps, "must be >= 0 (0: never)")
+
+
+@dataclass
 class MentorConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
@@ -406,6 +430,7 @@ class MentorConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     seed: int = 42
     total_steps: int = 200
     # Updates skipped for a NaN loss or grad norm before the run stops.

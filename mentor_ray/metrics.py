@@ -44,13 +44,20 @@ STEP_METRICS = frozenset(
        for name in ("accuracy", "format_rate", "response_length", "reward", "samples")]
     + [f"sync/{name}" for name in (
         "engine_fetch_seconds_max", "engine_load_seconds_max", "engine_weights_version_max", "engine_weights_version_min",
+        # sync.transport=collective (pipelines/weight_sync.py): 1 when this sync's weights went by
+        # broadcast, failures that fell back to the object store, the standby copy's put, the
+        # group's handshake, buckets, broadcast seconds on each side, engines whose CRC32s matched.
+        "collective", "collective_failures", "standby_put_seconds", "handshake_seconds", "transfer_seconds",
+        "buckets", "sender_broadcast_seconds", "engine_transfer_seconds_max", "checked_engines",
+        # vLLM's weight checker: engines that hold identical policy weights after the sync.
+        "engines_agree",
     )]
     + [f"time/{name}" for name in (
         "engine_busy_seconds", "export_seconds", "grading_busy_seconds", "learn_seconds", "old_log_prob_seconds",
         "orchestration_seconds", "orchestration_share", "rollout_fetch_seconds_max", "rollout_overhead_seconds",
         "rollout_seconds", "rollout_tokens_per_second", "rollout_work_seconds", "step_seconds", "sync_seconds",
         "update_seconds", "validate_seconds", "rollout_wait_seconds", "in_flight_wait_seconds",
-        "step_started_at", "step_ended_at",
+        "step_started_at", "step_ended_at", "verify_seconds",
     )]
     + [f"train/{name}" for name in (
         "behaviour_log_prob_gap_max", "clip_high_fraction", "clip_low_fraction", "dual_clip_fraction",

@@ -58,6 +58,7 @@ from mentor_ray.metrics import (
 )
 from mentor_ray.timeline import ROLES, TIMELINE_FILE, RoleTimeline, clipped
 from pipelines.console import ConsoleLines, step_line
+from pipelines.weight_sync import WeightSyncError, check_engines_agree, make_weight_transport
 from pipelines.evaluation import evaluate_policy
 from pipelines.roles import RolloutRoles, process_whereabouts
 from pipelines.rollout_shards import exchange, fetch_shard, share_rollout
@@ -222,6 +223,7 @@ class TrainingLoop:
         # After a resume or a worker restart the engines may hold weights from later steps than
         # the checkpoint: every (re)start publishes the learner's weights first.
         self.published_version = -1
+        self.weights_out = make_weight_transport(self.config, self.roles, self.console.say) if self.is_chief else None
         self._publish(self.state.step, self.learner.export_weights())
         self._record_placement()
         self.sinks = build_sinks(
@@ -469,10 +471,28 @@ class TrainingLoop:
     # --- helpers -------------------------------------------------------------------------------
 
     def _publish(self, version: int, weights: dict[str, torch.Tensor] | None) -> dict[str, float]:
-        reports = self.roles.publish_weights(version, weights) if self.is_chief else {}
+        reports: dict[str, float] = {}
+        if self.is_chief:
+            reports = self.weights_out.publish(version, weights)
+            every = self.config.sync.verify_every_steps
+            if every and version % every == 0:
+                started = time.perf_counter()
+                reports["sync/engines_agree"] = float(self._check_engines_agree(version, weights))
+                reports["time/verify_seconds"] = time.perf_counter() - started
         del weights
         self.published_version = version
         return reports
+
+    def _check_engines_agree(self, version: int, weights: dict[str, torch.Tensor]) -> int:
+        """vLLM's weight checker across engines after a sync. Engines that disagree get the
+        weights again by object store; a second disagreement stops the run."""
+        timeout_s = self.config.sync.timeout_s
+        try:
+            return check_engines_agree(self.roles, timeout_s)
+        except WeightSyncError as error:
+            self.console.say(f"[sync] after v{version}: {error}; sending v{version} again by object store")
+        self.roles.publish_weights(version, weights)
+        return check_engines_agree(self.roles, timeout_s)
 
     def _drain_busy(self) -> None:
         """The engines' and graders' busy intervals onto the timeline. Only when no rollout is

@@ -142,6 +142,34 @@ class RolloutEngineActor:
         return {"fetch_seconds": fetch_seconds, "load_seconds": time.perf_counter() - started - fetch_seconds,
                 "weights_version": float(version)}
 
+    # --- weights by collective (pipelines/weight_sync.py drives these four) -------------------
+
+    def join_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        self.engine.join_weight_transfer(init_info)
+
+    def start_weight_update(self) -> None:
+        self.engine.start_weight_update()
+
+    def update_weights(self, update_info: dict[str, Any]) -> None:
+        """Receives one broadcast update. On failure the engine is left whole but mixed (old and
+        new layers): it forgets its version, so it reloads from the store before it generates."""
+        with self.busy.working():
+            try:
+                self.engine.receive_weight_update(update_info)
+            except BaseException:
+                self.weights_version = -1
+                self.engine.abort_weight_update()
+                raise
+
+    def finish_weight_update(self, version: str) -> dict[str, Any]:
+        with self.busy.working():
+            receipt = self.engine.finish_weight_update(version)
+        self.weights_version = int(version)
+        return {**receipt, "weights_version": self.weights_version}
+
+    def policy_weight_digests(self) -> dict[str, str]:
+        return self.engine.policy_weight_digests()
+
     def generate_for_step(
         self,
         prompt_token_ids: list[list[int]],
@@ -229,10 +257,14 @@ class RolloutRoles:
     reward_actors: list[Any]
     weight_store: Any
 
-    def publish_weights(self, version: int, weights: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Put the weights in the object store once; every engine loads them in place."""
-        weights_ref = ray.put(weights)
-        ray.get(self.weight_store.publish.remote(version, [weights_ref]))
+    def publish_weights(
+        self, version: int, weights: dict[str, torch.Tensor], weights_ref: ray.ObjectRef | None = None
+    ) -> dict[str, float]:
+        """Put the weights in the object store once (or take `weights_ref`, already published);
+        every engine loads them in place."""
+        if weights_ref is None:
+            weights_ref = ray.put(weights)
+            ray.get(self.weight_store.publish.remote(version, [weights_ref]))
         engines = self.policy_engines + self.mixed_engines
         reports = ray.get([engine.sync_weights.remote(version, [weights_ref]) for engine in engines])
         if not reports:
@@ -273,6 +305,13 @@ class RolloutRoles:
             ray.kill(actor)
 
 
+def engine_names(roles: RolloutRoles) -> list[str]:
+    """How messages name the engines, in the order of policy_engines + mixed_engines."""
+    return [f"policy engine {i}" for i in range(len(roles.policy_engines))] + [
+        f"mixed engine {i}" for i in range(len(roles.mixed_engines))
+    ]
+
+
 def _object_size(ref: ray.ObjectRef) -> int:
     from ray.experimental import get_object_locations
 
@@ -287,7 +326,16 @@ def engine_settings(config: MentorConfig, seed_offset: int = 0) -> EngineSetting
         seed=config.seed + seed_offset,
         warm_up_sequences=prompts_per_call * max(config.rollout.n_on_policy, config.rollout.n_mixed),
         speculative_tokens=config.rollout.speculative_tokens,  # the mixed engines' (a policy engine has no draft)
+        weight_transfer_backend=weight_transfer_backend(config),
     )
+
+
+def weight_transfer_backend(config: MentorConfig) -> str | None:
+    """The worker-side backend engines are built with (mentor_ray.rollout.weight_transfer):
+    vLLM's NCCL receiver on GPUs, the project's gloo one on CPU; none for the object store."""
+    if config.sync.transport != "collective":
+        return None
+    return "mentor_nccl" if config.scaling.use_gpu else "gloo"
 
 
 def start_engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_store: Any, config: MentorConfig):

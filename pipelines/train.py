@@ -86,8 +86,16 @@ def _start_line(config, run_dir: str, paths, log_file: Path) -> str:
     return (
         f"{algorithm} run {run_dir} | policy {paths.policy_dir} | {config.total_steps} steps of "
         f"{config.rollout.prompts_per_step} prompts x {config.rollout.n_on_policy}+{config.rollout.n_mixed} | "
-        f"setting up {engines} engines, {config.scaling.num_learner_workers} DeepSpeed learner(s) | log {log_file}"
+        f"setting up {engines} engines, {config.scaling.num_learner_workers} DeepSpeed learner(s) | "
+        f"weights by {sync_route(config)} | log {log_file}"
     )
+
+
+def sync_route(config) -> str:
+    """How the weights travel, in words (sync.transport; pipelines/weight_sync.py)."""
+    if config.sync.transport == "collective":
+        return f"{'NCCL' if config.scaling.use_gpu else 'gloo'} broadcast (object store as fallback)"
+    return "object store"
 
 
 def failure_line(error: BaseException) -> str:

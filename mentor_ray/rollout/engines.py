@@ -76,6 +76,9 @@ class EngineSettings:
     # "probabilistic": drafts sampled from the policy, accepted with min(1, pi_mix / pi_theta);
     # "greedy": the policy's argmax drafted, accepted with probability pi_mix(draft).
     draft_sample_method: str = "probabilistic"
+    # The worker-side backend of vLLM's weight-transfer API (mentor_ray.rollout.weight_transfer):
+    # None builds an engine that takes weights by `update_weights` only (the object store path).
+    weight_transfer_backend: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_model_len < 2:
@@ -257,6 +260,8 @@ class _VllmEngine:
             hf_overrides=hf_overrides,
             # Log-probs after temperature (and top-p): of the distribution actually sampled.
             logprobs_mode="processed_logprobs",
+            **({"weight_transfer_config": {"backend": settings.weight_transfer_backend}}
+               if settings.weight_transfer_backend else {}),
             **({"speculative_config": speculative_config, "per_request_spec_decode_metrics": "detailed"}
                if speculative_config else {}),
         )
@@ -460,6 +465,38 @@ class _VllmEngine:
         self._stats.weight_update_seconds += seconds
         self._stats.last_weight_update_seconds = seconds
         return seconds
+
+    # ---- weights by collective (vLLM's weight-transfer API) --------------------------------
+
+    def join_weight_transfer(self, init_info: dict[str, Any]) -> None:
+        """Join the learner's transfer group (blocks until every member has joined)."""
+        self._llm.collective_rpc("mentor_prepare_weight_transfer")
+        self._llm.init_weight_transfer_engine({"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self._llm.start_weight_update()
+
+    def receive_weight_update(self, update_info: dict[str, Any]) -> None:
+        """Receives every bucket of one update (returns when the last one is loaded)."""
+        self._llm.update_weights({"update_info": update_info})
+
+    def finish_weight_update(self, version: str) -> dict[str, Any]:
+        """Ends the update, names its version; returns the receipt (bytes, checksums, seconds)."""
+        self._llm.finish_weight_update(version)
+        self._llm.reset_prefix_cache()
+        receipt = self._llm.collective_rpc("mentor_weight_transfer_receipt")[0]
+        seconds = receipt.get("transfer_seconds", 0.0) + receipt.get("load_seconds", 0.0)
+        self._stats.weight_updates += 1
+        self._stats.weight_update_seconds += seconds
+        self._stats.last_weight_update_seconds = seconds
+        return receipt
+
+    def abort_weight_update(self) -> None:
+        self._llm.collective_rpc("mentor_abort_weight_update")
+
+    def policy_weight_digests(self) -> dict[str, str]:
+        """vLLM's per-parameter SHA-256 of the policy's weights as this engine holds them."""
+        return self._llm.collective_rpc("mentor_policy_weight_digests")[0]
 
     # ---- lifecycle --------------------------------------------------------------------
 

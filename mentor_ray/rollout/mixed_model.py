@@ -235,13 +235,13 @@ def _iter_safetensors_folder(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
     return _expert_weight_iterator(folder)
 
 
-def _reload_target(model: nn.Module) -> nn.Module:
+def policy_module(model: nn.Module) -> nn.Module:
     """The module that holds the policy's weights: the policy half of the mixed model, or the
     plain model itself."""
     return model.policy if isinstance(model, MentorMixedForCausalLM) else model
 
 
-def _repack_tied_head(module: nn.Module) -> None:
+def repack_tied_head(module: nn.Module) -> None:
     """Tied heads share their weight with the embedding; the layer-wise reload only processes
     the embedding layer, so the head's packed CPU GEMM handle would keep the old weights."""
     config = getattr(module, "config", None)
@@ -304,13 +304,52 @@ class MentorWorkerExtension:
         def norm(module: nn.Module) -> float:
             return float(sum(p.detach().double().pow(2).sum() for p in module.parameters()))
 
-        return norm(draft), norm(_reload_target(self._mentor_model()))
+        return norm(draft), norm(policy_module(self._mentor_model()))
 
     def mentor_mixture_weight_summary(self, reset: bool = True) -> dict[str, float]:
         model = self._mentor_model()
         if not isinstance(model, MentorMixedForCausalLM):
             raise TypeError("mixture weights exist only in the mixed engine")
         return model.mixture_weight_summary(reset)
+
+    def mentor_prepare_weight_transfer(self) -> None:
+        """Before a collective handshake: point the transfer engine at the draft too, and end
+        an update a lost learner left open (its half-loaded layers are finished as they are;
+        the engine reloads whole weights from the store before it generates again)."""
+        engine = self.weight_transfer_engine  # type: ignore[attr-defined]
+        if engine is None:
+            raise RuntimeError("this engine was built without a weight transfer backend (sync.transport)")
+        engine.draft_model = self._mentor_draft_model()
+        self.mentor_abort_weight_update()
+
+    def mentor_abort_weight_update(self) -> None:
+        """After a failed collective update: leave the model whole and the worker ready for the
+        next update (vLLM's worker refuses a start while its last update is open)."""
+        from vllm.config import set_current_vllm_config
+
+        engine = self.weight_transfer_engine  # type: ignore[attr-defined]
+        with set_current_vllm_config(self.vllm_config):  # type: ignore[attr-defined]
+            engine.abort_weight_update()
+        engine.reset_weight_update_target()
+        self._weight_update_active = False
+
+    def mentor_policy_weight_digests(self) -> dict[str, str]:
+        """vLLM's weight checker (SHA-256 per parameter, as loaded and processed) over the
+        policy's copies: the plain model, or the mixed model's policy half, and the draft."""
+        from vllm.model_executor.model_loader.weight_checksum import compute_tensor_digests
+
+        digests = compute_tensor_digests(policy_module(self._mentor_model()))
+        draft = self._mentor_draft_model()
+        if draft is not None:
+            digests.update({f"draft.{name}": d for name, d in compute_tensor_digests(draft).items()})
+        return digests
+
+    def mentor_weight_transfer_receipt(self) -> dict[str, Any]:
+        """What the last collective update brought (bytes, buckets, checksums, seconds)."""
+        from dataclasses import asdict
+
+        receipt = getattr(self.weight_transfer_engine, "receipt", None)  # type: ignore[attr-defined]
+        return asdict(receipt) if receipt is not None else {}
 
     def mentor_reload_policy_weights(
         self,
@@ -329,7 +368,7 @@ class MentorWorkerExtension:
             raise ValueError("pass exactly one of named_tensors and weights_path")
         weights = list(named_tensors) if named_tensors is not None else list(_iter_safetensors_folder(weights_path))
         # The speculative draft is the policy too: it drafts with the weights being trained.
-        targets = [_reload_target(self._mentor_model()), self._mentor_draft_model()]
+        targets = [policy_module(self._mentor_model()), self._mentor_draft_model()]
         vllm_config = self.vllm_config  # type: ignore[attr-defined]
         with set_current_vllm_config(vllm_config):
             for target in (t for t in targets if t is not None):
@@ -340,7 +379,7 @@ class MentorWorkerExtension:
                     weights_path=None,
                     is_checkpoint_format=True,
                 )
-                _repack_tied_head(target)
+                repack_tied_head(target)
 
 
 def register() -> None:
@@ -348,9 +387,10 @@ def register() -> None:
     mend its CPU speculative sampling (`vllm_patches`)."""
     from vllm import ModelRegistry
 
-    from mentor_ray.rollout import vllm_patches
+    from mentor_ray.rollout import vllm_patches, weight_transfer
 
     vllm_patches.apply()
+    weight_transfer.register()
 
     if MIXED_ARCHITECTURE not in ModelRegistry.get_supported_archs():
         # The class itself, not a lazy "module:Class" string: a string makes vLLM inspect the
