@@ -158,6 +158,24 @@ class CollectiveTransport:
         )
         return _Group(sender, client, source, pids)
 
+    def _lost_engines(self) -> str:
+        """Which engines the group lost (a gloo error names a socket, not an engine)."""
+        if self.group is None:
+            return ""
+        refs = [engine.weights_version_and_pid.remote() for engine in self.engines]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=min(5.0, self.timeout_s))
+        lost = []
+        for name, ref, pid in zip(self.names, refs, self.group.pids):
+            if ref not in ready:
+                lost.append(f"{name} (not answering)")
+                continue
+            try:
+                if ray.get(ref)[1] != pid:
+                    lost.append(f"{name} (died; Ray restarted it)")
+            except Exception:  # noqa: BLE001 - an engine that cannot answer is lost
+                lost.append(f"{name} (dead)")
+        return f"; lost: {', '.join(lost)}" if lost else ""
+
     def _drop_group(self) -> None:
         if self.group is not None:
             self.group.sender.shutdown()
@@ -175,10 +193,11 @@ class CollectiveTransport:
         try:
             metrics.update(self._send(version, weights))
         except WeightSyncError as error:
+            lost = self._lost_engines()
             self._drop_group()
             self.say(
-                f"[sync] weights v{version} by collective failed: {error}. They go by object store this "
-                "time; the next sync makes a new transfer group."
+                f"[sync] weights v{version} by collective failed: {error}{lost}. They go by object store "
+                "this time; the next sync makes a new transfer group."
             )
             metrics.update(self.roles.publish_weights(version, weights, weights_ref=weights_ref))
             metrics["sync/collective"] = 0.0

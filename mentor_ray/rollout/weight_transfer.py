@@ -351,15 +351,25 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         # broadcasts. The client bounds it in time, so the thread ends even if a receiver hangs.
         with _one_thread() as thread:
             receiving = thread.submit(self.client.update_weights, asdict(update_info))
-            for bucket in plan_buckets(sizes, self.init_info.bucket_bytes):
-                buffer = torch.cat([tensors[i].detach().contiguous().view(-1).view(torch.uint8) for i in bucket])
-                if update_info.checksums:
-                    sent.bucket_checksums.append(_crc32(buffer))
-                started = time.perf_counter()
-                gloo_broadcast(self.group, buffer)
-                sent.transfer_seconds += time.perf_counter() - started
-                sent.bytes += buffer.numel()
-                sent.buckets += 1
+            broken = None
+            try:
+                for bucket in plan_buckets(sizes, self.init_info.bucket_bytes):
+                    buffer = torch.cat([tensors[i].detach().contiguous().view(-1).view(torch.uint8) for i in bucket])
+                    if update_info.checksums:
+                        sent.bucket_checksums.append(_crc32(buffer))
+                    started = time.perf_counter()
+                    gloo_broadcast(self.group, buffer)
+                    sent.transfer_seconds += time.perf_counter() - started
+                    sent.bytes += buffer.numel()
+                    sent.buckets += 1
+            except RuntimeError as error:
+                broken = f"broadcast of bucket {sent.buckets + 1} failed: {str(error).splitlines()[0]}"
+            if broken is not None:
+                # Raised out here, after the except block has let go of gloo's error: its
+                # traceback holds the group, and only the group's last reference going away
+                # closes its connections, which is what lets the receivers' waits end now.
+                self.shutdown()
+                raise RuntimeError(broken)
             receiving.result()
         self.sent = sent
         self.client.finish_weight_update()
