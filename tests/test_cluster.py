@@ -61,11 +61,13 @@ def _node_type(entry: dict) -> str:
 
 
 def test_a_job_across_nodes_equals_the_one_node_run(cluster, s3_bucket, short_run, monkeypatch):
+    """Weights by gloo broadcast from the learners' node to both engines on the engines' node;
+    the one-node reference sends them by object store."""
     for key, value in s3_bucket.env.items():
         monkeypatch.setenv(key, value)
     run_dir = s3_bucket.uri("cluster-runs", "job")
     result = submit_job(cluster, [
-        "python", "-m", "pipelines.train", *SHORT, "total_steps=2", *PLACED,
+        "python", "-m", "pipelines.train", *SHORT, "total_steps=2", *PLACED, "sync.transport=collective",
         f"logging.run_root={s3_bucket.uri('cluster-runs')}", "logging.run_name=job",
     ])
     logs = result.stdout + result.stderr
@@ -102,8 +104,10 @@ def test_a_job_across_nodes_equals_the_one_node_run(cluster, s3_bucket, short_ru
 
     history, alone = _assert_steps_equal_the_one_node_run(run_dir, short_run)
     assert sorted(history) == [0, 1, 2]
+    assert "weights by gloo broadcast" in logs
     for step in (1, 2):
         assert history[step]["transfer/weights_bytes"] > 0 and history[step]["transfer/rollout_bytes"] > 0
+        _assert_synced_by_collective(history[step], engines=2)
     assert history[2]["val/greedy_accuracy"] == alone[2]["val/greedy_accuracy"]
 
 
@@ -119,6 +123,34 @@ def _assert_steps_equal_the_one_node_run(run_dir: str, short_run) -> tuple[dict,
             assert history[step][key] == pytest.approx(alone[step][key], rel=1e-4, abs=1e-6), (step, key)
         assert history[step]["sync/engine_weights_version_min"] == history[step]["sync/engine_weights_version_max"] == step
     return history, alone
+
+
+def _assert_synced_by_collective(record: dict, engines: int) -> None:
+    """The step's weights went by broadcast, every engine's CRC32s matched the learner's, and
+    vLLM's weight checker found the engines' policy weights identical."""
+    assert record["sync/collective"] == 1.0 and record["sync/collective_failures"] == 0.0, record
+    assert record["sync/checked_engines"] == engines and record["sync/engines_agree"] == engines, record
+    assert record["transfer/weights_bytes_to_engines"] == engines * record["transfer/weights_bytes"], record
+
+
+def test_zero3_learners_on_their_node_send_weights_by_collective(cluster, s3_bucket, short_run, monkeypatch):
+    """Two ZeRO-3 learners (rank 0 gathers the partitioned weights, then broadcasts) on the
+    learners' node, a policy and a mixed engine on the engines' node: the numbers of the
+    one-node, one-learner, object-store run."""
+    for key, value in s3_bucket.env.items():
+        monkeypatch.setenv(key, value)
+    run_dir = s3_bucket.uri("cluster-runs", "zero3")
+    result = submit_job(cluster, [
+        "python", "-m", "pipelines.train", *SHORT, "total_steps=2", *PLACED, "sync.transport=collective",
+        "deepspeed.zero_stage=3", "scaling.num_learner_workers=2", "eval.every_steps=0", "checkpoint.every_steps=10",
+        f"logging.run_root={s3_bucket.uri('cluster-runs')}", "logging.run_name=zero3",
+    ])
+    assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]
+    placement = json.loads(storage.read_text(storage.join(run_dir, "placement.json")))
+    assert [_node_type(e) for e in placement["learners"]] == ["learners", "learners"]
+    history, _ = _assert_steps_equal_the_one_node_run(run_dir, short_run)
+    for step in (1, 2):
+        _assert_synced_by_collective(history[step], engines=2)
 
 
 def _read_jsonl(location) -> list[dict]:
