@@ -13,6 +13,8 @@ Learners (one DeepSpeed worker per device):
   (within 7% at three widths); with it, the estimate is the checkpointed layer inputs (L h per
   token) plus one whole layer's activations, an upper bound (measured 0.52-0.61 of it).
   The vocabulary part is one chunk of 16-bit logits and their fp32 log-probs.
+Weights by collective (`sync.transport: collective`): tensors travel in packed buckets
+(`transfer_buckets`); the sender and every engine hold `TRANSFER_BUFFERS` of them at once.
 Engines (one vLLM engine per `gpus_per_engine` devices, weights and KV cache split across them):
 - weights of the policy, and of the expert too in a mixed engine (it runs both);
 - KV cache: room left in vLLM's memory fraction after weights and its working buffers; vLLM
@@ -22,6 +24,7 @@ Engines (one vLLM engine per `gpus_per_engine` devices, weights and KV cache spl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mentor_ray.model_shapes import ModelShape
@@ -37,6 +40,49 @@ RUNTIME_RESERVE_BYTES = 2 * GIB
 VLLM_MEMORY_FRACTION = 0.85
 # Tokens of one vLLM forward in its profiling run and in chunked prefill (V1's default batch).
 VLLM_BATCH_TOKENS = 8192
+
+
+# Buckets each side of a collective sync holds at once: vLLM's packed NCCL transfer double-buffers
+# (DEFAULT_PACKED_NUM_BUFFERS); the gloo one holds one, so 2 is the bound for both.
+TRANSFER_BUFFERS = 2
+
+
+def transfer_buckets(byte_sizes: Sequence[int], bucket_bytes: int) -> list[range]:
+    """Consecutive tensors grouped into buckets of at most `bucket_bytes` (a larger tensor
+    travels alone). The sender and every receiver call this on the same sizes, so both cut the
+    stream alike and only names, dtypes and shapes cross the control plane."""
+    if bucket_bytes <= 0:
+        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
+    buckets: list[range] = []
+    start, filled = 0, 0
+    for index, size in enumerate(byte_sizes):
+        if index > start and filled + size > bucket_bytes:
+            buckets.append(range(start, index))
+            start, filled = index, 0
+        filled += size
+    if start < len(byte_sizes):
+        buckets.append(range(start, len(byte_sizes)))
+    return buckets
+
+
+@dataclass(frozen=True)
+class TransferPlan:
+    """What a collective sync of the policy moves and holds, from its shape alone."""
+
+    weights: int  # bytes of the policy in the run's dtype
+    bucket: int  # the largest bucket: the bucket size, or the largest tensor when it is bigger
+    buckets: int
+
+    @property
+    def held_per_side(self) -> int:
+        return TRANSFER_BUFFERS * self.bucket
+
+
+def transfer_plan(shape: ModelShape, value_bytes: int, bucket_bytes: int) -> TransferPlan:
+    weights = shape.parameters() * value_bytes
+    largest_tensor = max(shape.vocab, shape.intermediate) * shape.hidden * value_bytes
+    bucket = min(weights, max(bucket_bytes, largest_tensor))
+    return TransferPlan(weights=weights, bucket=bucket, buckets=max(1, -(-weights // bucket_bytes)))
 
 
 def dtype_bytes(dtype: str) -> int:

@@ -58,7 +58,6 @@ from mentor_ray.metrics import (
 )
 from mentor_ray.timeline import ROLES, TIMELINE_FILE, RoleTimeline, clipped
 from pipelines.console import ConsoleLines, step_line
-from pipelines.weight_sync import WeightSyncError, check_engines_agree, make_weight_transport
 from pipelines.evaluation import evaluate_policy
 from pipelines.roles import RolloutRoles, process_whereabouts
 from pipelines.rollout_shards import exchange, fetch_shard, share_rollout
@@ -67,6 +66,11 @@ from pipelines.step_rollout import (
     RolloutInFlight,
     StepRolloutMaker,
     start_step_rollout,
+)
+from pipelines.weight_sync import (
+    WeightSyncError,
+    check_engines_agree,
+    make_weight_transport,
 )
 
 CLIENT_STATE_FILE = "loop_state.json"

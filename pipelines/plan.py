@@ -14,6 +14,7 @@ CPU recipes on this machine, where every role shares the host's memory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -23,12 +24,15 @@ from pathlib import Path
 
 from mentor_ray.capacity import (
     GIB,
+    TRANSFER_BUFFERS,
     VLLM_MEMORY_FRACTION,
     EngineMemory,
     LearnerMemory,
+    TransferPlan,
     dtype_bytes,
     engine_memory,
     learner_memory,
+    transfer_plan,
 )
 from mentor_ray.config import ConfigError, MentorConfig
 from mentor_ray.model_shapes import ModelShape, model_shape
@@ -158,6 +162,7 @@ class RunPlan:
     gpus_needed: int
     gpus_offered: int
     problems: list[str]
+    transfer: TransferPlan | None = None  # sync.transport=collective
 
     @property
     def fits(self) -> bool:
@@ -206,6 +211,11 @@ def plan_run(config: MentorConfig, cluster: ClusterSpec) -> RunPlan:
         logit_chunk_tokens=config.optimizer.logit_chunk_tokens, on_gpu=on_gpu,
     )
     roles[0].memory, roles[0].parts = learner.total, learner.parts()
+    transfer = transfer_plan(policy, value_bytes, int(config.sync.bucket_mb * 2**20)) if config.sync.transport == "collective" else None
+    if transfer is not None:
+        # Rank 0 sends; the plan charges every learner device alike (they are sized alike).
+        roles[0].memory += transfer.held_per_side
+        roles[0].parts += f" + weight-transfer buckets {transfer.held_per_side / GIB:.2f}"
     engine_kinds = [("policy engines", scaling.num_policy_engines, [policy], samples * config.rollout.n_on_policy)]
     if config.guided and expert is not None:
         # With speculative sampling the mixed engine also holds the policy as its draft.
@@ -245,6 +255,11 @@ def plan_run(config: MentorConfig, cluster: ClusterSpec) -> RunPlan:
             role.memory = engine.needed
             role.parts = (f"weights {engine.weights / GIB:.1f} + buffers {engine.working / GIB:.1f} + KV for one "
                           f"{config.model.max_model_len}-token sequence {engine.kv_per_sequence / GIB:.2f}")
+            if transfer is not None:
+                # The buckets come out of what vLLM leaves for the KV cache.
+                engine = dataclasses.replace(engine, working=engine.working + transfer.held_per_side)
+                role.memory = engine.needed
+                role.parts += f" + weight-transfer buckets {transfer.held_per_side / GIB:.2f}"
             role.note = (f"KV room {engine.kv_room / GIB:.1f} GiB of vLLM's {VLLM_MEMORY_FRACTION:.0%}: "
                          f"{engine.full_length_sequences} full-length sequences at once of {engine.sequences_in_flight} "
                          f"in flight (all at full length would take {engine.kv_wanted / GIB:.0f} GiB; vLLM preempts)")
@@ -272,6 +287,9 @@ def plan_run(config: MentorConfig, cluster: ClusterSpec) -> RunPlan:
         for role, shapes, _ in engine_plans:
             role.memory = sum(s.parameters() for s in shapes) * value_bytes + CPU_KV_CACHE_BYTES
             role.parts = f"weights {sum(s.parameters() for s in shapes) * value_bytes / GIB:.2f} + KV cache {CPU_KV_CACHE_BYTES / GIB:.0f}"
+            if transfer is not None:
+                role.memory += transfer.held_per_side
+                role.parts += f" + weight-transfer buckets {transfer.held_per_side / GIB:.2f}"
         machine = cluster.node_types[0]
         for role in roles:
             role.node_types = [machine.name]
@@ -281,7 +299,7 @@ def plan_run(config: MentorConfig, cluster: ClusterSpec) -> RunPlan:
             problems.append(f"{biggest.role} do not fit: the run needs {_gib(host)} of host memory "
                             f"({', '.join(f'{r.role} {r.count} x {_gib(r.memory)}' for r in roles if r.memory)}), "
                             f"{machine.name} has {_gib(machine.memory)}: {_gib(host - machine.memory)} over")
-    return RunPlan(config, cluster, roles, policy.parameters() * value_bytes, gpus_needed, gpus_offered, problems)
+    return RunPlan(config, cluster, roles, policy.parameters() * value_bytes, gpus_needed, gpus_offered, problems, transfer)
 
 
 def default_cluster(config: MentorConfig, cluster_file: str | Path | None = None, gpu_memory_gib: float | None = None) -> ClusterSpec | None:
@@ -308,6 +326,17 @@ def check_plan(config: MentorConfig, cluster_file: str | Path | None = None, gpu
     return plan
 
 
+def weight_route_line(config: MentorConfig, transfer: TransferPlan | None, engines: int) -> str:
+    """How the plan's recipe moves its weights, and why that transport (sync.transport)."""
+    if transfer is None:
+        return (f"by object store (sync.transport=object_store): put once, pulled by each of {engines} engines; "
+                "the collective is the choice once engines sit on other nodes than the learners")
+    backend = "NCCL" if config.scaling.use_gpu else "gloo"
+    return (f"by {backend} broadcast (sync.transport=collective): sent once to {engines} engines in "
+            f"{transfer.buckets} buckets of at most {transfer.bucket / 2**20:.0f} MiB, {TRANSFER_BUFFERS} held on each "
+            "side; the object store holds a standby copy and takes a sync that fails")
+
+
 def format_plan(plan: RunPlan) -> str:
     config, lines = plan.config, []
     lines.append(f"plan of {config.model.policy_path}" + (f" + expert {config.model.expert_path}" if config.guided else "")
@@ -326,7 +355,8 @@ def format_plan(plan: RunPlan) -> str:
         if role.parts:
             lines.append(f"- {role.role}: {role.parts}" + (f"; {role.note}" if role.note else ""))
     engines = config.scaling.num_policy_engines + (config.scaling.num_mixed_engines if config.guided else 0)
-    lines.append(f"- weight sync: {plan.sync_bytes / GIB:.2f} GiB per step ({config.model.dtype} policy), fetched by each of {engines} engines")
+    lines.append(f"- weight sync: {plan.sync_bytes / GIB:.2f} GiB per step ({config.model.dtype} policy) "
+                 + weight_route_line(config, plan.transfer, engines))
     if config.scaling.use_gpu:
         lines.append(f"- GPUs: the recipe needs {plan.gpus_needed}, {plan.cluster.source} offers {plan.gpus_offered}")
     lines += [f"DOES NOT FIT: {p}" for p in plan.problems] or ["fits"]

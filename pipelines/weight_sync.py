@@ -33,6 +33,11 @@ from mentor_ray.config import MentorConfig
 from pipelines.roles import RolloutRoles, engine_names
 
 
+# A transport that fails this many syncs in a row (a backend that cannot work on this cluster,
+# not a lost engine) stops being tried: each try costs up to a few sync.timeout_s.
+MAX_FAILED_IN_A_ROW = 3
+
+
 class WeightSyncError(RuntimeError):
     """A collective sync that could not finish: which engines, what they were doing, why."""
 
@@ -72,7 +77,7 @@ class EngineFleetClient:
         for name, ref in zip(self.names, refs):
             try:
                 results.append(ray.get(ref))
-            except Exception as error:  # noqa: BLE001 - named and re-raised as the sync's error
+            except Exception as error:
                 raise WeightSyncError(f"{name} failed while {doing}: {_first_line(error)}") from error
         return results
 
@@ -123,6 +128,7 @@ class CollectiveTransport:
         self.names = engine_names(roles)
         self.group: _Group | None = None
         self.fallback = ObjectStoreTransport(roles)
+        self.failed_in_a_row = 0
 
     # --- the group ------------------------------------------------------------------------------
 
@@ -184,6 +190,8 @@ class CollectiveTransport:
     # --- one sync -------------------------------------------------------------------------------
 
     def publish(self, version: int, weights: dict[str, torch.Tensor]) -> dict[str, float]:
+        if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+            return self.fallback.publish(version, weights)
         metrics: dict[str, float] = {}
         # The standby copy first: whoever cannot take this sync's broadcast reads it.
         started = time.perf_counter()
@@ -192,13 +200,14 @@ class CollectiveTransport:
         metrics["sync/standby_put_seconds"] = time.perf_counter() - started
         try:
             metrics.update(self._send(version, weights))
+            self.failed_in_a_row = 0
         except WeightSyncError as error:
             lost = self._lost_engines()
             self._drop_group()
-            self.say(
-                f"[sync] weights v{version} by collective failed: {error}{lost}. They go by object store "
-                "this time; the next sync makes a new transfer group."
-            )
+            self.failed_in_a_row += 1
+            then = ("the next sync makes a new transfer group" if self.failed_in_a_row < MAX_FAILED_IN_A_ROW else
+                    f"after {MAX_FAILED_IN_A_ROW} failures in a row the rest of the run uses the object store")
+            self.say(f"[sync] weights v{version} by collective failed: {error}{lost}. They go by object store; {then}.")
             metrics.update(self.roles.publish_weights(version, weights, weights_ref=weights_ref))
             metrics["sync/collective"] = 0.0
             metrics["sync/collective_failures"] = 1.0

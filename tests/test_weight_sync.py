@@ -14,11 +14,16 @@ import ray
 import torch
 from safetensors.torch import load_file
 
+from mentor_ray.capacity import transfer_buckets
 from mentor_ray.config import load_config
 from mentor_ray.rollout.requests import SamplingSpec
-from mentor_ray.rollout.weight_transfer import plan_buckets
 from pipelines.roles import build_rollout_roles
-from pipelines.weight_sync import CollectiveTransport, EngineFleetClient, WeightSyncError, check_engines_agree
+from pipelines.weight_sync import (
+    CollectiveTransport,
+    EngineFleetClient,
+    WeightSyncError,
+    check_engines_agree,
+)
 
 BUCKET_MB = 0.2  # the toy policy (0.6 MB) then travels in several buckets
 TIMEOUT_S = 30.0
@@ -57,13 +62,13 @@ def _state(roles, version: int):
 
 def test_buckets_cover_every_tensor_once_in_order_and_stay_under_the_size():
     sizes = [40, 30, 50, 200, 10, 10, 90]
-    buckets = plan_buckets(sizes, 100)
+    buckets = transfer_buckets(sizes, 100)
     assert [list(b) for b in buckets] == [[0, 1], [2], [3], [4, 5], [6]]
     for bucket in buckets:
         assert sum(sizes[i] for i in bucket) <= 100 or len(bucket) == 1  # a larger tensor travels alone
-    assert plan_buckets([], 100) == [] and [list(b) for b in plan_buckets([5, 5], 10)] == [[0, 1]]
+    assert transfer_buckets([], 100) == [] and [list(b) for b in transfer_buckets([5, 5], 10)] == [[0, 1]]
     with pytest.raises(ValueError, match="bucket_bytes"):
-        plan_buckets([1], 0)
+        transfer_buckets([1], 0)
 
 
 def test_a_collective_sync_loads_exactly_what_the_object_store_loads(setup):
@@ -79,7 +84,7 @@ def test_a_collective_sync_loads_exactly_what_the_object_store_loads(setup):
     sent_bytes = sum(t.numel() * t.element_size() for t in new.values())
     assert metrics["transfer/weights_bytes"] == sent_bytes
     assert metrics["transfer/weights_bytes_to_engines"] == 2 * sent_bytes
-    assert metrics["sync/buckets"] == len(plan_buckets([t.numel() * t.element_size() for t in new.values()], int(BUCKET_MB * 2**20))) > 1
+    assert metrics["sync/buckets"] == len(transfer_buckets([t.numel() * t.element_size() for t in new.values()], int(BUCKET_MB * 2**20))) > 1
     assert metrics["sync/checked_engines"] == 2
     # vLLM's weight checker: both engines (and the mixed engine's draft) hold the same policy.
     assert check_engines_agree(roles, TIMEOUT_S) == 2
@@ -146,8 +151,7 @@ def test_an_engine_killed_during_a_sync_is_replaced_and_gets_whole_weights(setup
     transport.close()
 
 
-def test_an_engine_that_never_answers_is_named_within_the_timeout(setup):
-    _, roles, _ = setup
+def test_an_engine_that_never_answers_is_named_within_the_timeout(local_ray):
 
     @ray.remote(num_cpus=0)
     class Silent:

@@ -14,7 +14,7 @@ What is ours and why:
   backends load into the policy half and the draft (`_PolicyTargets`), and never touch the
   expert (as `MentorWorkerExtension.mentor_reload_policy_weights` does for the object store).
 - Buckets. Sender and receivers cut the same tensor list into the same buckets
-  (`plan_buckets`), so only names, dtypes and shapes cross the control plane.
+  (`mentor_ray.capacity.transfer_buckets`), so only names, dtypes and shapes cross the control plane.
 - A receipt. Each gloo receiver keeps bytes, bucket count and, when asked, a CRC32 of every
   bucket; the sender compares them with what it sent (the loop's check of each sync).
 - Bounded waits. The gloo group is made with the sync's timeout: a member that died or hangs
@@ -38,7 +38,6 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-
 from vllm.distributed.weight_transfer.base import (
     ParamMeta,
     TrainerInitInfo,
@@ -49,31 +48,19 @@ from vllm.distributed.weight_transfer.base import (
     WeightTransferInitInfo,
     WeightTransferUpdateInfo,
 )
-from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory, WeightTransferTrainerFactory
+from vllm.distributed.weight_transfer.factory import (
+    WeightTransferEngineFactory,
+    WeightTransferTrainerFactory,
+)
 from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
 from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
+
+from mentor_ray.capacity import transfer_buckets
 
 GLOO_BACKEND = "gloo"
 # The worker side of NCCL: vLLM's engine, loading into the policy half and the draft. The
 # trainer side is vLLM's own `nccl` trainer engine (it only broadcasts).
 NCCL_WORKER_BACKEND = "mentor_nccl"
-
-
-def plan_buckets(byte_sizes: Sequence[int], bucket_bytes: int) -> list[range]:
-    """Consecutive tensors grouped into buckets of at most `bucket_bytes` (a larger tensor
-    travels alone). Both sides call this on the same sizes, so they cut the stream alike."""
-    if bucket_bytes <= 0:
-        raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
-    buckets: list[range] = []
-    start, filled = 0, 0
-    for index, size in enumerate(byte_sizes):
-        if index > start and filled + size > bucket_bytes:
-            buckets.append(range(start, index))
-            start, filled = index, 0
-        filled += size
-    if start < len(byte_sizes):
-        buckets.append(range(start, len(byte_sizes)))
-    return buckets
 
 
 def tensor_bytes(shape: Sequence[int], dtype: torch.dtype) -> int:
@@ -128,7 +115,7 @@ class _PolicyTargets:
     (`draft_model`, attached by `MentorWorkerExtension.mentor_prepare_weight_transfer`)."""
 
     draft_model: nn.Module | None = None
-    _targets: list[nn.Module] = []
+    _targets: tuple[nn.Module, ...] = ()
     _updating = False
 
     def policy_targets(self) -> list[nn.Module]:
@@ -139,11 +126,11 @@ class _PolicyTargets:
     def start_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
 
-        self._targets = self.policy_targets()
+        self._targets = tuple(self.policy_targets())
         for target in self._targets:
             initialize_layerwise_reload(target)
         self._updating = True
-        self.model = _LoadIntoAll(self._targets)
+        self.model = _LoadIntoAll(list(self._targets))
 
     def finish_weight_update(self) -> None:
         from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
@@ -238,7 +225,7 @@ class GlooWeightTransferEngine(_PolicyTargets, WeightTransferEngine[GlooInitInfo
         metas = update_info.metas()
         sizes = [tensor_bytes(shape, dtype) for _, shape, dtype in metas]
         receipt = TransferReceipt()
-        for bucket in plan_buckets(sizes, self.bucket_bytes):
+        for bucket in transfer_buckets(sizes, self.bucket_bytes):
             buffer = torch.empty(sum(sizes[i] for i in bucket), dtype=torch.uint8)
             started = time.perf_counter()
             gloo_broadcast(self.group, buffer)
@@ -353,7 +340,7 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
             receiving = thread.submit(self.client.update_weights, asdict(update_info))
             broken = None
             try:
-                for bucket in plan_buckets(sizes, self.init_info.bucket_bytes):
+                for bucket in transfer_buckets(sizes, self.init_info.bucket_bytes):
                     buffer = torch.cat([tensors[i].detach().contiguous().view(-1).view(torch.uint8) for i in bucket])
                     if update_info.checksums:
                         sent.bucket_checksums.append(_crc32(buffer))
