@@ -47,7 +47,7 @@ STEP_METRICS = frozenset(
         # sync.transport=collective (pipelines/weight_sync.py): 1 when this sync's weights went by
         # broadcast, failures that fell back to the object store, the standby copy's put, the
         # group's handshake, buckets, broadcast seconds on each side, engines whose CRC32s matched.
-        "collective", "collective_failures", "standby_put_seconds", "handshake_seconds", "transfer_seconds",
+        "put_seconds", "collective", "collective_failures", "standby_put_seconds", "handshake_seconds", "transfer_seconds",
         "buckets", "sender_broadcast_seconds", "engine_transfer_seconds_max", "checked_engines",
         # vLLM's weight checker: engines that hold identical policy weights after the sync.
         "engines_agree",

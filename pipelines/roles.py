@@ -262,14 +262,18 @@ class RolloutRoles:
     ) -> dict[str, float]:
         """Put the weights in the object store once (or take `weights_ref`, already published);
         every engine loads them in place."""
+        put_seconds = 0.0
         if weights_ref is None:
+            started = time.perf_counter()
             weights_ref = ray.put(weights)
             ray.get(self.weight_store.publish.remote(version, [weights_ref]))
+            put_seconds = time.perf_counter() - started
         engines = self.policy_engines + self.mixed_engines
         reports = ray.get([engine.sync_weights.remote(version, [weights_ref]) for engine in engines])
         if not reports:
             return {}
         return {
+            "sync/put_seconds": put_seconds,
             "sync/engine_load_seconds_max": max(r["load_seconds"] for r in reports),
             "sync/engine_fetch_seconds_max": max(r["fetch_seconds"] for r in reports),
             # Every engine says which version it serves after the sync; min = max = the step.

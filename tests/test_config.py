@@ -71,6 +71,12 @@ def test_int_is_accepted_for_float():
         (["algorithm.method=luffy", "rollout.n_mixed=0", "algorithm.shaping_gamma=0"], ["algorithm.shaping_gamma=0", "> 0"]),
         (["algorithm.hint_fraction=1.5"], ["algorithm.hint_fraction=1.5", "(0, 1]"]),
         (["algorithm.expert_trace_samples=0"], ["algorithm.expert_trace_samples=0", ">= 1"]),
+        # How weights reach the engines (issue 29).
+        (["sync.transport=nccl"], ["sync.transport='nccl'", "one of ['object_store', 'collective']"]),
+        (["sync.bucket_mb=0"], ["sync.bucket_mb=0", "> 0"]),
+        (["sync.timeout_s=-5"], ["sync.timeout_s=-5", "> 0 seconds"]),
+        (["sync.verify_every_steps=-1"], ["sync.verify_every_steps=-1", ">= 0"]),
+        (["sync.transprt=collective"], ["sync.transprt", "did you mean sync.transport"]),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(override, expected_fragments):

@@ -132,6 +132,28 @@ def test_the_paper_recipes_fit_cluster_yaml(recipe, capsys):
     assert "weight sync:" in out and "the recipe needs 8" in out
 
 
+def test_the_collective_transfer_buckets_are_counted_on_both_sides(capsys):
+    """sync.transport=collective: the learners and every engine hold two buckets; with 256 MiB
+    buckets the largest is Qwen2.5-7B's bf16 embedding, 152064 x 3584 x 2 bytes, alone."""
+    recipe = str(REPO / "configs/qwen2.5-7b.yaml")
+    by_store = plan.plan_run(load_config(recipe, ["sync.transport=object_store"]), plan.default_cluster(load_config(recipe)))
+    by_broadcast = plan.plan_run(load_config(recipe, ["sync.transport=collective", "sync.bucket_mb=256"]),
+                                 plan.default_cluster(load_config(recipe)))
+    embedding = 152064 * 3584 * 2
+    held = 2 * embedding
+    assert by_broadcast.transfer.bucket == embedding and by_broadcast.transfer.held_per_side == held
+    assert by_store.transfer is None
+    for store_role, broadcast_role in zip(by_store.roles, by_broadcast.roles):
+        extra = held if store_role.role in ("learners", "policy engines", "mixed engines") else 0
+        assert broadcast_role.memory - store_role.memory == extra, store_role.role
+    assert plan.main(["--config", recipe, "sync.transport=collective"]) == 0
+    out = capsys.readouterr().out
+    assert "by NCCL broadcast (sync.transport=collective): sent once to 4 engines in 57 buckets of at most 1040 MiB" in out
+    assert "weight-transfer buckets 2.03" in out
+    assert plan.main(["--config", recipe, "sync.transport=object_store"]) == 0
+    assert "by object store (sync.transport=object_store): put once, pulled by each of 4 engines" in capsys.readouterr().out
+
+
 def test_a_recipe_that_does_not_fit_names_the_role_and_by_how_much(capsys):
     code = plan.main(["--config", str(REPO / "configs/qwen2.5-7b.yaml"), "optimizer.micro_batch_samples=8"])
     out = capsys.readouterr().out
