@@ -32,7 +32,6 @@ import torch
 from mentor_ray.config import MentorConfig
 from pipelines.roles import RolloutRoles, engine_names
 
-
 # A transport that fails this many syncs in a row (a backend that cannot work on this cluster,
 # not a lost engine) stops being tried: each try costs up to a few sync.timeout_s.
 MAX_FAILED_IN_A_ROW = 3
@@ -193,15 +192,15 @@ class CollectiveTransport:
         if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
             return self.fallback.publish(version, weights)
         metrics: dict[str, float] = {}
-        # The standby copy first: whoever cannot take this sync's broadcast reads it.
-        started = time.perf_counter()
-        weights_ref = ray.put(weights)
-        ray.get(self.roles.weight_store.publish.remote(version, [weights_ref]))
-        metrics["sync/standby_put_seconds"] = time.perf_counter() - started
+        # The standby copy, beside the broadcast (both only read the weights): whoever cannot
+        # take this sync's broadcast reads it, and the sync ends only once it is in the store.
+        standby = _Standby(self.roles.weight_store, version, weights)
         try:
             metrics.update(self._send(version, weights))
+            standby.wait(metrics)
             self.failed_in_a_row = 0
         except WeightSyncError as error:
+            weights_ref = standby.wait(metrics)
             lost = self._lost_engines()
             self._drop_group()
             self.failed_in_a_row += 1
@@ -257,6 +256,33 @@ class CollectiveTransport:
 
     def close(self) -> None:
         self._drop_group()
+
+
+class _Standby:
+    """The weights put into the object store and published to the `WeightStore`, in a thread."""
+
+    def __init__(self, weight_store: Any, version: int, weights: dict[str, torch.Tensor]) -> None:
+        self.outcome: dict[str, Any] = {}
+
+        def put() -> None:
+            started = time.perf_counter()
+            try:
+                ref = ray.put(weights)
+                ray.get(weight_store.publish.remote(version, [ref]))
+                self.outcome["ref"] = ref
+            except BaseException as error:  # noqa: BLE001 - raised by wait()
+                self.outcome["error"] = error
+            self.outcome["seconds"] = time.perf_counter() - started
+
+        self.thread = threading.Thread(target=put, name="weight-sync: standby copy", daemon=True)
+        self.thread.start()
+
+    def wait(self, metrics: dict[str, float]) -> ray.ObjectRef:
+        self.thread.join()
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        metrics["sync/standby_put_seconds"] = self.outcome["seconds"]
+        return self.outcome["ref"]
 
 
 def make_weight_transport(config: MentorConfig, roles: RolloutRoles, say=print):
