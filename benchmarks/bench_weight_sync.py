@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                         "rollout.prompts_per_step=2", "optimizer.mini_batch_prompts=2", "rollout.n_mixed=0",
                         "scaling.num_policy_engines=2", "sync.transport=collective", f"sync.bucket_mb={args.bucket_mb}",
                         f"placement.engines={{{LABEL_KEY}: {engines_on}}}", "sync.verify_every_steps=0",
+                        f"deepspeed.bf16={str(dtype == 'bfloat16').lower()}",
                     ])
                     roles = build_rollout_roles(config, str(resolve_model_dir(model, "policy")), None)
                     roles.check_engines()
@@ -123,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                     for transport, values in measured.items():
                         medians = [statistics.median(v[i] for v in values) for i in range(4)]
                         rows.append((label, placement, transport, *medians))
+                        print("row:", rows[-1], flush=True)
                     ray.kill(learner)
                     roles.shutdown()
         finally:

@@ -49,14 +49,19 @@ def _perturbed(weights: dict[str, torch.Tensor], seed: int) -> dict[str, torch.T
 
 
 def _state(roles, version: int):
-    """What each engine holds: vLLM's digests of the policy's weights, and (policy engine) the
-    greedy continuations of a few prompts with their log-probs, which the CPU kernels' packed
-    linear weights (invisible to the digests) decide."""
+    """What each engine holds: vLLM's digests of the policy's weights; greedy continuations of a
+    few prompts with their log-probs from both engines, which the linear layers decide (on CPU
+    vLLM packs those into oneDNN handles the digests cannot see); and the mixed engine's
+    speculation counters on that greedy call, which the draft's weights decide (a draft left
+    with other weights than the policy half accepts other tokens)."""
     digests = ray.get([e.policy_weight_digests.remote() for e in roles.policy_engines + roles.mixed_engines])
     prompts = [[1, 5, 9, 13], [2, 4, 6], [7, 7, 3, 11, 2]]
-    results, _ = ray.get(roles.policy_engines[0].generate_for_step.remote(
-        prompts, SamplingSpec(n=1, max_new_tokens=12, temperature=0.0), version))
-    greedy = [(list(r.response_token_ids), [round(x, 5) for x in r.response_log_probs]) for r in results]
+    spec = SamplingSpec(n=1, max_new_tokens=12, temperature=0.0)
+    greedy = []
+    for engine in (roles.policy_engines[0], roles.mixed_engines[0]):
+        results, summary = ray.get(engine.generate_for_step.remote(prompts, spec, version, 0.5))
+        greedy.append([(list(r.response_token_ids), [round(x, 5) for x in r.response_log_probs]) for r in results])
+        greedy.append({k: summary[k] for k in ("verify_passes", "accepted_draft_tokens", "draft_rejections") if k in summary})
     return digests, greedy
 
 
@@ -90,6 +95,7 @@ def test_a_collective_sync_loads_exactly_what_the_object_store_loads(setup):
     assert check_engines_agree(roles, TIMEOUT_S) == 2
     by_collective, greedy_collective = _state(roles, 1)
     assert any("draft." in name for name in by_collective[1]), "the mixed engine should have a draft"
+    assert greedy_collective[3]["verify_passes"] > 0 and greedy_collective[3]["accepted_draft_tokens"] > 0
     changed = [name for name in by_collective[0] if by_collective[0][name] != before[0][name]]
     assert changed and greedy_collective != before_greedy
 
