@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", default="toy,135m-fp32,135m-bf16")
     parser.add_argument("--bucket-mb", type=float, default=256.0)
+    parser.add_argument("--placements", default="same node,across nodes")
     args = parser.parse_args(argv)
 
     import ray
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for size in args.sizes.split(","):
                 label, model, dtype = SIZES[size]
-                for placement in ("same node", "across nodes"):
+                for placement in args.placements.split(","):
                     engines_on = "learners" if placement == "same node" else "engines"
                     config = load_config(None, [
                         f"model.policy_path={model}", "model.expert_path=null", f"model.dtype={dtype}",

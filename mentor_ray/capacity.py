@@ -14,7 +14,9 @@ Learners (one DeepSpeed worker per device):
   token) plus one whole layer's activations, an upper bound (measured 0.52-0.61 of it).
   The vocabulary part is one chunk of 16-bit logits and their fp32 log-probs.
 Weights by collective (`sync.transport: collective`): tensors travel in packed buckets
-(`transfer_buckets`); the sender and every engine hold `TRANSFER_BUFFERS` of them at once.
+(`transfer_buckets`); on GPUs the sender and every engine hold `TRANSFER_BUFFERS` of them at
+once (vLLM's packed NCCL transfer); on CPU the gloo receiver holds the whole update until it
+loads it, as an engine does with a copy pulled from the object store.
 Engines (one vLLM engine per `gpus_per_engine` devices, weights and KV cache split across them):
 - weights of the policy, and of the expert too in a mixed engine (it runs both);
 - KV cache: room left in vLLM's memory fraction after weights and its working buffers; vLLM
@@ -42,8 +44,8 @@ VLLM_MEMORY_FRACTION = 0.85
 VLLM_BATCH_TOKENS = 8192
 
 
-# Buckets each side of a collective sync holds at once: vLLM's packed NCCL transfer double-buffers
-# (DEFAULT_PACKED_NUM_BUFFERS); the gloo one holds one, so 2 is the bound for both.
+# Buckets each side of a NCCL sync holds at once: vLLM's packed transfer double-buffers
+# (DEFAULT_PACKED_NUM_BUFFERS).
 TRANSFER_BUFFERS = 2
 
 

@@ -288,8 +288,9 @@ def plan_run(config: MentorConfig, cluster: ClusterSpec) -> RunPlan:
             role.memory = sum(s.parameters() for s in shapes) * value_bytes + CPU_KV_CACHE_BYTES
             role.parts = f"weights {sum(s.parameters() for s in shapes) * value_bytes / GIB:.2f} + KV cache {CPU_KV_CACHE_BYTES / GIB:.0f}"
             if transfer is not None:
-                role.memory += transfer.held_per_side
-                role.parts += f" + weight-transfer buckets {transfer.held_per_side / GIB:.2f}"
+                # The gloo receiver takes every bucket before it loads (mentor_ray/rollout/weight_transfer.py).
+                role.memory += transfer.weights
+                role.parts += f" + weights received by gloo {transfer.weights / GIB:.2f}"
         machine = cluster.node_types[0]
         for role in roles:
             role.node_types = [machine.name]

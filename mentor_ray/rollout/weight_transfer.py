@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import queue
-import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -57,7 +55,7 @@ from vllm.distributed.weight_transfer.factory import (
 from vllm.distributed.weight_transfer.nccl_engine import NCCLWeightTransferEngine
 from vllm.distributed.weight_transfer.packed_tensor import unpack_tensor
 
-from mentor_ray.capacity import TRANSFER_BUFFERS, transfer_buckets
+from mentor_ray.capacity import transfer_buckets
 
 GLOO_BACKEND = "gloo"
 # The worker side of NCCL: vLLM's engine, loading into the policy half and the draft. The
@@ -222,61 +220,42 @@ class GlooWeightTransferEngine(_PolicyTargets, WeightTransferEngine[GlooInitInfo
         self.receive_weights(self.parse_update_info(update_info))
 
     def receive_weights(self, update_info: GlooUpdateInfo) -> None:
-        """Bucket k + 1 arrives (a thread inside gloo's broadcast) while bucket k loads into
-        vLLM, so the sender's broadcasts do not wait for the loaders; at most
-        `TRANSFER_BUFFERS` buckets are held at once."""
+        """Every bucket first, then the loads: the sender's broadcasts then never wait for vLLM's
+        loaders, and on CPU (this backend's only home) a loader running beside gloo's receive
+        slows both (measured: benchmarks/RESULTS.md). The engine holds one copy of the weights
+        meanwhile, as the object store path does; each bucket is freed once loaded."""
         if self.group is None:
             raise RuntimeError("gloo weight transfer not initialised: init_weight_transfer_engine comes first")
         metas = update_info.metas()
         sizes = [tensor_bytes(shape, dtype) for _, shape, dtype in metas]
-        buckets = transfer_buckets(sizes, self.bucket_bytes)
         receipt = TransferReceipt()
-        room = threading.Semaphore(TRANSFER_BUFFERS)
-        arrived: queue.Queue = queue.Queue()
-        stop = threading.Event()
-
-        def receive_all(group: Any) -> None:
-            for bucket in buckets:
-                room.acquire()
-                if stop.is_set():
-                    return
-                buffer = torch.empty(sum(sizes[i] for i in bucket), dtype=torch.uint8)
-                started = time.perf_counter()
-                try:
-                    gloo_broadcast(group, buffer)
-                except RuntimeError as error:
-                    arrived.put(f"receiving bucket {receipt.buckets + 1} of {len(buckets)} failed: {str(error).splitlines()[0]}")
-                    return
-                receipt.transfer_seconds += time.perf_counter() - started
-                receipt.bytes += buffer.numel()
-                receipt.buckets += 1
-                arrived.put((bucket, buffer))
-
-        # The group goes in as an argument, which the thread lets go of when it ends: see
-        # GlooTrainerWeightTransferEngine.send_weights for why no reference may linger.
-        receiver = threading.Thread(target=receive_all, args=(self.group,), name="weight-transfer receiver", daemon=True)
-        receiver.start()
+        arrived: list[tuple[range, torch.Tensor]] = []
+        failure = None
+        buckets = transfer_buckets(sizes, self.bucket_bytes)
+        started = time.perf_counter()
         try:
-            for _ in buckets:
-                item = arrived.get()
-                if isinstance(item, str):
-                    raise RuntimeError(item)  # noqa: TRY004 - a failed transfer, not a bad type
-                bucket, buffer = item
-                started = time.perf_counter()
-                if update_info.checksums:
-                    receipt.bucket_checksums.append(_crc32(buffer))
-                pieces = unpack_tensor(
-                    buffer, [metas[i][0] for i in bucket], [list(metas[i][1]) for i in bucket],
-                    [metas[i][2] for i in bucket], [sizes[i] for i in bucket],
-                )
-                self.model.load_weights(pieces)
-                del pieces, buffer, item
-                receipt.load_seconds += time.perf_counter() - started
-                room.release()
-        finally:
-            stop.set()
-            room.release()
-        receiver.join()
+            for bucket in buckets:
+                buffer = torch.empty(sum(sizes[i] for i in bucket), dtype=torch.uint8)
+                gloo_broadcast(self.group, buffer)
+                arrived.append((bucket, buffer))
+        except RuntimeError as error:
+            failure = f"receiving bucket {len(arrived) + 1} of {len(buckets)} failed: {str(error).splitlines()[0]}"
+        if failure is not None:
+            raise RuntimeError(failure)  # out here: gloo's error (and its traceback) let go first
+        receipt.transfer_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        while arrived:
+            bucket, buffer = arrived.pop(0)
+            receipt.bytes += buffer.numel()
+            receipt.buckets += 1
+            if update_info.checksums:
+                receipt.bucket_checksums.append(_crc32(buffer))
+            self.model.load_weights(unpack_tensor(
+                buffer, [metas[i][0] for i in bucket], [list(metas[i][1]) for i in bucket],
+                [metas[i][2] for i in bucket], [sizes[i] for i in bucket],
+            ))
+            del buffer
+        receipt.load_seconds = time.perf_counter() - started
         self.receipt = receipt
 
     def shutdown(self) -> None:
@@ -373,19 +352,12 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         # The receivers' update_weights returns once they have every bucket: it runs beside the
         # broadcasts. The client bounds it in time, so the thread ends even if a receiver hangs.
         buckets = transfer_buckets(sizes, self.init_info.bucket_bytes)
-
-        def pack(index: int) -> torch.Tensor:
-            return torch.cat([tensors[i].detach().contiguous().view(-1).view(torch.uint8) for i in buckets[index]])
-
-        # Bucket k + 1 is packed while bucket k is broadcast: two buckets held at most.
-        with _one_thread() as thread, _one_thread() as packer:
+        with _one_thread() as thread:
             receiving = thread.submit(self.client.update_weights, asdict(update_info))
             broken = None
             try:
-                upcoming = packer.submit(pack, 0) if buckets else None
-                for index in range(len(buckets)):
-                    buffer = upcoming.result()
-                    upcoming = packer.submit(pack, index + 1) if index + 1 < len(buckets) else None
+                for bucket in buckets:
+                    buffer = torch.cat([tensors[i].detach().contiguous().view(-1).view(torch.uint8) for i in bucket])
                     if update_info.checksums:
                         sent.bucket_checksums.append(_crc32(buffer))
                     started = time.perf_counter()
