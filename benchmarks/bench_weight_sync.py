@@ -9,8 +9,9 @@ engines' node ("across nodes") or on the learners' node ("same node"). Each row 
 weights through `pipelines.weight_sync`'s two transports, alternately, on the same engines:
 
 - object store: rank 0 puts the weights, each engine pulls a copy and loads it;
-- collective: rank 0 puts a standby copy (no engine pulls it), then broadcasts packed buckets by
-  gloo to both engines, which load each bucket as it lands.
+- collective: rank 0 broadcasts packed buckets by gloo to both engines, which take every bucket
+  and then load; after the sync it puts a standby copy into the object store (no engine pulls
+  it; in a run this happens beside the next rollout), timed in its own column.
 
 Columns: the whole sync as rank 0 waits for it; the moving of bytes alone (object store: the
 put plus the slowest engine's pull; collective: rank 0's broadcasts, which end when the last
@@ -64,17 +65,26 @@ class LearnerStandIn:
         started = time.perf_counter()
         metrics = self.transports[transport].publish(self.version, self.weights)
         metrics["wall_seconds"] = time.perf_counter() - started
+        # The collective's standby copy: in a run it is put beside the next rollout; here it is
+        # let finish before the next sync, and timed on its own.
+        collective = self.transports["collective"]
+        metrics["standby_seconds"] = 0.0
+        if collective.standby is not None:
+            waited: dict[str, float] = {}
+            collective.standby.wait(waited)
+            collective.standby = None
+            metrics["standby_seconds"] = waited["sync/standby_put_seconds"]
         return metrics
 
 
-def _row_numbers(transport: str, metrics: dict[str, float]) -> tuple[float, float, float, float]:
-    """(sync s, moving bytes s, slowest load s, bytes per engine)."""
+def _row_numbers(transport: str, metrics: dict[str, float]) -> tuple[float, ...]:
+    """(sync s, moving bytes s, slowest load s, bytes per engine, standby put s)."""
     if transport == "object store":
         moving = metrics["sync/put_seconds"] + metrics["sync/engine_fetch_seconds_max"]
     else:
         moving = metrics["sync/sender_broadcast_seconds"]
     per_engine = metrics["transfer/weights_bytes_to_engines"] / 2
-    return metrics["wall_seconds"], moving, metrics["sync/engine_load_seconds_max"], per_engine
+    return metrics["wall_seconds"], moving, metrics["sync/engine_load_seconds_max"], per_engine, metrics["standby_seconds"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,14 +126,14 @@ def main(argv: list[str] | None = None) -> int:
                     ).remote(roles, config, model, dtype)
                     ray.get(learner.sync.remote("collective"))  # the handshake, and first loads, untimed
                     ray.get(learner.sync.remote("object store"))
-                    measured: dict[str, list[tuple[float, float, float, float]]] = {"object store": [], "collective": []}
+                    measured: dict[str, list[tuple[float, ...]]] = {"object store": [], "collective": []}
                     for _ in range(args.repeats):
                         for transport in measured:
                             metrics = ray.get(learner.sync.remote(transport))
                             assert metrics["sync/collective"] == (1.0 if transport == "collective" else 0.0), metrics
                             measured[transport].append(_row_numbers(transport, metrics))
                     for transport, values in measured.items():
-                        medians = [statistics.median(v[i] for v in values) for i in range(4)]
+                        medians = [statistics.median(v[i] for v in values) for i in range(5)]
                         rows.append((label, placement, transport, *medians))
                         print("row:", rows[-1], flush=True)
                     ray.kill(learner)
@@ -133,15 +143,16 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; Ray {ray.__version__}; "
           f"2 policy engines; buckets of {args.bucket_mb:g} MiB; median of {args.repeats} syncs each\n")
-    print("| weights | engines | transport | sync, s | moving bytes, s | load, s | MB per engine | collective / object store (sync; moving) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| weights | engines | transport | sync, s | moving bytes, s | load, s | MB per engine | standby put, s (beside the rollout) | collective / object store (sync; moving) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     by_key = {(r[0], r[1], r[2]): r for r in rows}
-    for label, placement, transport, sync, moving, load, per_engine in rows:
+    for label, placement, transport, sync, moving, load, per_engine, standby in rows:
         ratio = ""
         if transport == "collective":
             base = by_key[(label, placement, "object store")]
             ratio = f"{sync / base[3]:.2f}; {moving / base[4]:.2f}"
-        print(f"| {label} | {placement} | {transport} | {sync:.3f} | {moving:.3f} | {load:.3f} | {per_engine / 1e6:.1f} | {ratio} |")
+        print(f"| {label} | {placement} | {transport} | {sync:.3f} | {moving:.3f} | {load:.3f} | {per_engine / 1e6:.1f} | "
+              f"{standby:.3f} | {ratio} |")
     return 0
 
 

@@ -45,7 +45,7 @@ STEP_METRICS = frozenset(
     + [f"sync/{name}" for name in (
         "engine_fetch_seconds_max", "engine_load_seconds_max", "engine_weights_version_max", "engine_weights_version_min",
         # sync.transport=collective (pipelines/weight_sync.py): 1 when this sync's weights went by
-        # broadcast, failures that fell back to the object store, the standby copy's put, the
+        # broadcast, failures that fell back to the object store, the last standby copy's put, the
         # group's handshake, buckets, broadcast seconds on each side, engines whose CRC32s matched.
         "put_seconds", "collective", "collective_failures", "standby_put_seconds", "handshake_seconds", "transfer_seconds",
         "buckets", "sender_broadcast_seconds", "engine_transfer_seconds_max", "checked_engines",

@@ -54,6 +54,10 @@ def process_whereabouts() -> dict[str, Any]:
             "pid": os.getpid(), "cwd": os.getcwd()}
 
 
+# How long an engine that must catch up waits for the store's copy of the version it is asked
+# for (pipelines/weight_sync.py puts the collective's standby copy beside the next rollout).
+STANDBY_WAIT_S = 300.0
+
 # EngineStats counters of speculative decoding a step reports (mentor_ray.metrics.mixture_metrics).
 SPECULATION_COUNTERS = ("verify_passes", "accepted_draft_tokens", "draft_rejections")
 
@@ -187,6 +191,17 @@ class RolloutEngineActor:
     def stats(self) -> EngineStats:
         return self.engine.stats()
 
+    def _stored_version(self, wanted: int) -> tuple[int, list[ray.ObjectRef]]:
+        """The store's latest weights, waiting a while for `wanted`: with the collective
+        transport the store's standby copy of a sync lands after the broadcast, beside the next
+        rollout, and an engine restarted in between must load that copy, not an older one."""
+        deadline = time.monotonic() + STANDBY_WAIT_S
+        while True:
+            version, weights_ref = ray.get(self._store.latest.remote())
+            if version >= wanted or time.monotonic() > deadline:
+                return version, weights_ref
+            time.sleep(0.05)
+
     def _generate_for_step(
         self,
         prompt_token_ids: list[list[int]],
@@ -195,7 +210,7 @@ class RolloutEngineActor:
         entropy_threshold: float | None,
     ) -> tuple[list[GenerationResult], dict[str, float]]:
         if self.weights_version != weights_version:
-            version, weights_ref = ray.get(self._store.latest.remote())
+            version, weights_ref = self._stored_version(weights_version)
             if version != weights_version:
                 raise RuntimeError(
                     f"engine asked for policy weights v{weights_version}, but the store holds v{version}"

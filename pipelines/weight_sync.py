@@ -9,9 +9,9 @@
   on the way; across nodes that is the difference (benchmarks/RESULTS.md).
 
 The collective keeps the object store as its fallback, and says so on the console:
-- rank 0 still puts a standby copy into the store (a local put, no engine pulls it), so an
-  engine Ray restarts between syncs, or one whose update failed, loads whole weights before it
-  generates;
+- rank 0 still puts a standby copy into the store (a local put, no engine pulls it) after the
+  broadcast, beside the next rollout, so an engine Ray restarts between syncs, or one whose
+  update failed, loads whole weights before it generates (it waits for that copy);
 - a sync that fails (an engine died, a call ran past `sync.timeout_s`, a checksum differs)
   drops the group and sends that version by object store instead; the next sync makes a new
   group with whatever engines are alive, replacements included. No wait is unbounded: every
@@ -128,6 +128,7 @@ class CollectiveTransport:
         self.group: _Group | None = None
         self.fallback = ObjectStoreTransport(roles)
         self.failed_in_a_row = 0
+        self.standby: _Standby | None = None
 
     # --- the group ------------------------------------------------------------------------------
 
@@ -192,15 +193,14 @@ class CollectiveTransport:
         if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
             return self.fallback.publish(version, weights)
         metrics: dict[str, float] = {}
-        # The standby copy, beside the broadcast (both only read the weights): whoever cannot
-        # take this sync's broadcast reads it, and the sync ends only once it is in the store.
-        standby = _Standby(self.roles.weight_store, version, weights)
+        if self.standby is not None:  # the last sync's copy, put beside the rollout since
+            self.standby.wait(metrics)
+            self.standby = None
         try:
             metrics.update(self._send(version, weights))
-            standby.wait(metrics)
             self.failed_in_a_row = 0
         except WeightSyncError as error:
-            weights_ref = standby.wait(metrics)
+            weights_ref = _Standby(self.roles.weight_store, version, weights).wait(metrics)
             lost = self._lost_engines()
             self._drop_group()
             self.failed_in_a_row += 1
@@ -210,6 +210,11 @@ class CollectiveTransport:
             metrics.update(self.roles.publish_weights(version, weights, weights_ref=weights_ref))
             metrics["sync/collective"] = 0.0
             metrics["sync/collective_failures"] = 1.0
+            return metrics
+        # The standby copy goes into the object store after the broadcast, beside the next
+        # rollout, not on the sync's path: whoever cannot take a broadcast (an engine Ray
+        # restarts) reads it, and such an engine waits for it (RolloutEngineActor._stored_version).
+        self.standby = _Standby(self.roles.weight_store, version, weights)
         return metrics
 
     def _send(self, version: int, weights: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -278,6 +283,7 @@ class _Standby:
         self.thread.start()
 
     def wait(self, metrics: dict[str, float]) -> ray.ObjectRef:
+        """Its reference once stored; `sync/standby_put_seconds` goes into `metrics`."""
         self.thread.join()
         if "error" in self.outcome:
             raise self.outcome["error"]
