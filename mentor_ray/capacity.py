@@ -15,8 +15,8 @@ Learners (one DeepSpeed worker per device):
   The vocabulary part is one chunk of 16-bit logits and their fp32 log-probs.
 Weights by collective (`sync.transport: collective`): tensors travel in packed buckets
 (`transfer_buckets`); on GPUs the sender and every engine hold `TRANSFER_BUFFERS` of them at
-once (vLLM's packed NCCL transfer); on CPU the gloo receiver holds the whole update until it
-loads it, as an engine does with a copy pulled from the object store.
+once (vLLM's packed NCCL transfer); on CPU the gloo sender packs, and each receiver takes, the
+whole update before loading, as the object store path holds a whole copy on each side.
 Engines (one vLLM engine per `gpus_per_engine` devices, weights and KV cache split across them):
 - weights of the policy, and of the expert too in a mixed engine (it runs both);
 - KV cache: room left in vLLM's memory fraction after weights and its working buffers; vLLM

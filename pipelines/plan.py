@@ -213,9 +213,12 @@ def plan_run(config: MentorConfig, cluster: ClusterSpec) -> RunPlan:
     roles[0].memory, roles[0].parts = learner.total, learner.parts()
     transfer = transfer_plan(policy, value_bytes, int(config.sync.bucket_mb * 2**20)) if config.sync.transport == "collective" else None
     if transfer is not None:
-        # Rank 0 sends; the plan charges every learner device alike (they are sized alike).
-        roles[0].memory += transfer.held_per_side
-        roles[0].parts += f" + weight-transfer buckets {transfer.held_per_side / GIB:.2f}"
+        # Rank 0 sends; the plan charges every learner alike (they are sized alike). On GPUs
+        # vLLM's NCCL sender holds two buckets; on CPU the gloo sender packs the whole update
+        # before it broadcasts (mentor_ray/rollout/weight_transfer.py).
+        held = transfer.held_per_side if on_gpu else transfer.weights
+        roles[0].memory += held
+        roles[0].parts += f" + weight-transfer buckets {held / GIB:.2f}"
     engine_kinds = [("policy engines", scaling.num_policy_engines, [policy], samples * config.rollout.n_on_policy)]
     if config.guided and expert is not None:
         # With speculative sampling the mixed engine also holds the policy as its draft.

@@ -219,6 +219,7 @@ class CollectiveTransport:
 
     def _send(self, version: int, weights: dict[str, torch.Tensor]) -> dict[str, float]:
         metrics: dict[str, float] = {"sync/collective": 1.0, "sync/collective_failures": 0.0}
+        checking = time.perf_counter()
         pids = self._engine_pids()
         if self.group is not None and self.group.pids != pids:
             self.say(f"[sync] an engine was replaced since the last sync: a new transfer group for v{version}")
@@ -236,6 +237,7 @@ class CollectiveTransport:
         started = time.perf_counter()
         _bounded(group.sender.send_weights, self.timeout_s * 3, f"sending weights v{version}")
         metrics["sync/transfer_seconds"] = time.perf_counter() - started
+        metrics["sync/check_seconds"] = started - checking
         receipts = group.client.receipts
         sent = getattr(group.sender, "sent", None)
         if sent is not None:
@@ -247,6 +249,8 @@ class CollectiveTransport:
                     )
             metrics["sync/buckets"] = float(sent.buckets)
             metrics["sync/sender_broadcast_seconds"] = sent.transfer_seconds
+            metrics["sync/sender_pack_seconds"] = sent.pack_seconds
+            metrics["sync/sender_wait_for_loads_seconds"] = sent.receivers_seconds
             metrics["transfer/weights_bytes"] = float(sent.bytes)
             metrics["transfer/weights_bytes_to_engines"] = float(sum(r["bytes"] for r in receipts))
         if receipts:

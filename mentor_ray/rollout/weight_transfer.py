@@ -193,6 +193,8 @@ class TransferReceipt:
     bucket_checksums: list[int] = field(default_factory=list)
     transfer_seconds: float = 0.0  # waiting inside the broadcasts
     load_seconds: float = 0.0  # vLLM's weight loaders on what arrived
+    pack_seconds: float = 0.0  # the sender's copying of tensors into buckets
+    receivers_seconds: float = 0.0  # the sender's wait, after its last broadcast, for the receivers' loads
 
 
 class GlooWeightTransferEngine(_PolicyTargets, WeightTransferEngine[GlooInitInfo, GlooUpdateInfo]):
@@ -352,19 +354,24 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
         # The receivers' update_weights returns once they have every bucket: it runs beside the
         # broadcasts. The client bounds it in time, so the thread ends even if a receiver hangs.
         buckets = transfer_buckets(sizes, self.init_info.bucket_bytes)
+        # Every bucket is packed before the receivers start waiting: on CPU a receiver waiting
+        # inside gloo competes with the packing for the cores (measured: benchmarks/RESULTS.md).
+        packing = time.perf_counter()
+        packed = [torch.cat([tensors[i].detach().contiguous().view(-1).view(torch.uint8) for i in bucket]) for bucket in buckets]
+        sent.pack_seconds = time.perf_counter() - packing
+        sent.bucket_checksums = [_crc32(buffer) for buffer in packed] if update_info.checksums else []
         with _one_thread() as thread:
             receiving = thread.submit(self.client.update_weights, asdict(update_info))
             broken = None
             try:
-                for bucket in buckets:
-                    buffer = torch.cat([tensors[i].detach().contiguous().view(-1).view(torch.uint8) for i in bucket])
-                    if update_info.checksums:
-                        sent.bucket_checksums.append(_crc32(buffer))
+                while packed:
+                    buffer = packed.pop(0)
                     started = time.perf_counter()
                     gloo_broadcast(self.group, buffer)
                     sent.transfer_seconds += time.perf_counter() - started
                     sent.bytes += buffer.numel()
                     sent.buckets += 1
+                    del buffer
             except RuntimeError as error:
                 broken = f"broadcast of bucket {sent.buckets + 1} failed: {str(error).splitlines()[0]}"
             if broken is not None:
@@ -373,7 +380,9 @@ class GlooTrainerWeightTransferEngine(TrainerWeightTransferEngine[GlooTrainerIni
                 # closes its connections, which is what lets the receivers' waits end now.
                 self.shutdown()
                 raise RuntimeError(broken)
+            waiting = time.perf_counter()
             receiving.result()
+            sent.receivers_seconds = time.perf_counter() - waiting
         self.sent = sent
         self.client.finish_weight_update()
 
