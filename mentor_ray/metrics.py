@@ -49,6 +49,7 @@ STEP_METRICS = frozenset(
         # group's handshake, buckets, broadcast seconds on each side, engines whose CRC32s matched.
         "put_seconds", "collective", "collective_failures", "standby_put_seconds", "handshake_seconds", "transfer_seconds",
         "buckets", "sender_broadcast_seconds", "engine_transfer_seconds_max", "checked_engines",
+        "sender_pack_seconds", "sender_wait_for_loads_seconds", "check_seconds",
         # vLLM's weight checker: engines that hold identical policy weights after the sync.
         "engines_agree",
     )]
