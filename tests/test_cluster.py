@@ -131,6 +131,10 @@ def _assert_synced_by_collective(record: dict, engines: int) -> None:
     assert record["sync/collective"] == 1.0 and record["sync/collective_failures"] == 0.0, record
     assert record["sync/checked_engines"] == engines and record["sync/engines_agree"] == engines, record
     assert record["transfer/weights_bytes_to_engines"] == engines * record["transfer/weights_bytes"], record
+    from mentor_ray.metrics import is_step_metric
+
+    unknown = sorted(key for key in record if key != "step" and not is_step_metric(key))
+    assert not unknown, f"add these to mentor_ray.metrics.STEP_METRICS: {unknown}"
 
 
 def test_zero3_learners_on_their_node_send_weights_by_collective(cluster, s3_bucket, short_run, monkeypatch):
