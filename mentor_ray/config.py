@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import yaml
 
+from mentor_ray.core.methods import METHODS
+
 
 class ConfigError(ValueError):
     """A config that cannot run. The message names every offending key."""
@@ -124,7 +126,7 @@ class AlgorithmConfig:
     # grpo: on-policy samples only; luffy: one stored expert trace takes one slot of each group,
     # its tokens trained with policy shaping; questa: training prompts carry a hint, the first
     # part of the expert's solution.
-    method: Literal["mentor", "grpo", "luffy", "questa"] = "mentor"
+    method: str = "mentor"  # a name in mentor_ray.core.methods.METHODS
     # LUFFY: f(p) = p / (p + gamma) on the expert trace's token probabilities.
     shaping_gamma: float = 0.1
     # LUFFY: advantages over the whole mixed group divided by its std (the paper's formula);
@@ -150,9 +152,11 @@ class AlgorithmConfig:
 
     @property
     def uses_expert_traces(self) -> bool:
-        return self.method in ("luffy", "questa")
+        return METHODS[self.method].needs_expert_traces
 
     def check(self, errors: list[str], prefix: str) -> None:
+        if self.method not in METHODS:
+            _problem(errors, f"{prefix}.method", self.method, f"one of {list(METHODS)}")
         if not self.shaping_gamma > 0:
             _problem(errors, f"{prefix}.shaping_gamma", self.shaping_gamma, "must be > 0")
         if not 0 < self.hint_fraction <= 1:
@@ -465,7 +469,7 @@ class MentorConfig:
     @property
     def guided(self) -> bool:
         """Whether the run makes mixed-policy (expert-guided) rollouts: MENTOR, not plain GRPO."""
-        return self.algorithm.method == "mentor" and self.rollout.n_mixed > 0
+        return self.algorithm.method in METHODS and METHODS[self.algorithm.method].makes_mixed_samples and self.rollout.n_mixed > 0
 
     def check(self, errors: list[str], prefix: str = "") -> None:
         for section in dataclasses.fields(self):
@@ -478,16 +482,20 @@ class MentorConfig:
             _problem(errors, "max_skipped_updates", self.max_skipped_updates, "must be >= 0")
         # Cross-section rules: a config that cannot run.
         method = self.algorithm.method
-        if method != "mentor" and self.rollout.n_mixed != 0:
+        if method not in METHODS:
+            return  # named by AlgorithmConfig.check; the rules below need a known method
+        entry = METHODS[method]
+        if not entry.makes_mixed_samples and self.rollout.n_mixed != 0:
             _problem(errors, "rollout.n_mixed", self.rollout.n_mixed,
                      f"must be 0 for algorithm.method={method} (mixed-policy samples are MENTOR's; "
                      f"`--method {method}` sets it)")
-        if self.algorithm.uses_expert_traces and not self.model.expert_path:
+        if entry.needs_expert_traces and not self.model.expert_path:
             _problem(errors, "model.expert_path", self.model.expert_path,
                      f"must name the expert for algorithm.method={method} (its traces come from the expert)")
-        if method == "luffy" and self.rollout.n_on_policy < 2:
+        if self.rollout.n_on_policy <= entry.expert_traces_per_group:
             _problem(errors, "rollout.n_on_policy", self.rollout.n_on_policy,
-                     "must be >= 2 for algorithm.method=luffy (one slot of the group is the expert trace)")
+                     f"must be >= {entry.expert_traces_per_group + 1} for algorithm.method={method} "
+                     f"({entry.expert_traces_per_group} slot of the group is the expert trace)")
         if self.guided and not self.model.expert_path:
             _problem(errors, "rollout.n_mixed", self.rollout.n_mixed,
                      "needs model.expert_path (mixed-policy samples come from the expert); set rollout.n_mixed=0 for the GRPO baseline")

@@ -31,14 +31,14 @@ from pathlib import Path
 
 from mentor_ray import storage
 from mentor_ray.config import ConfigError, MentorConfig, load_config
+from mentor_ray.core.methods import METHODS, method_overrides
 from mentor_ray.metrics import end_of_guidance_step, mean_of, read_metrics, window_mean
 from mentor_ray.plots import plot_runs, plot_seeds
-from pipelines.train import DEFAULT_RECIPE, method_overrides, run_training
+from pipelines.train import DEFAULT_RECIPE, run_training
 
 PASS_AT_K_TEMPERATURE = 0.6
 
 # The methods a comparison can train (config.py's algorithm.method), with the names tables use.
-METHOD_NAMES = {"mentor": "MENTOR", "grpo": "GRPO", "luffy": "LUFFY", "questa": "QuestA"}
 DEFAULT_METHODS = ("mentor", "grpo")
 
 
@@ -108,7 +108,7 @@ def summarize(per_seed: dict[int, dict[str, float]], methods: Sequence[str] = DE
     effects = []
     for effect in EFFECTS:
         for other in (m for m in methods if m != "mentor"):
-            name = effect.name.format(other=METHOD_NAMES[other])
+            name = effect.name.format(other=METHODS[other].display_name)
             try:
                 values = {seed: effect.value(numbers, other) for seed, numbers in per_seed.items()}
             except KeyError:
@@ -128,7 +128,7 @@ def table_rows(methods: Sequence[str]) -> list[tuple[str, str | tuple[str, ...]]
 
     def each(label: str, number: str) -> list[tuple[str, str]]:
         # MENTOR's final accuracy under its historical key, which every stored comparison has.
-        return [(f"{label}, {METHOD_NAMES[m]}", "final_val_accuracy" if f"{m}_{number}" == "mentor_final_val_accuracy"
+        return [(f"{label}, {METHODS[m].display_name}", "final_val_accuracy" if f"{m}_{number}" == "mentor_final_val_accuracy"
                  else f"{m}_{number}") for m in methods]
 
     return [
@@ -276,7 +276,7 @@ def seed_numbers(runs: dict[str, Path], root: Path, config: MentorConfig, pass_a
         numbers.update(pass_at_k_comparison(runs, root, pass_at_k_samples, config.eval.max_problems, eval_file))
     if eval_file and config.data.eval_path.startswith(TOY_SCHEME):
         numbers.update(habits_comparison(runs, eval_file, config.eval.max_problems))
-        if any(method in runs for method in ("luffy", "questa")):
+        if any(METHODS[method].needs_expert_traces for method in runs):
             numbers.update(trace_copy_comparison(runs, config))
     return numbers
 
@@ -310,8 +310,8 @@ def _seed_list(text: str) -> list[int]:
 
 def _checked_methods(methods: list[str], text: str) -> list[str]:
     for method in methods:
-        if method not in METHOD_NAMES:
-            raise argparse.ArgumentTypeError(f"{text!r}: {method!r} is not a method (one of {', '.join(METHOD_NAMES)})")
+        if method not in METHODS:
+            raise argparse.ArgumentTypeError(f"{text!r}: {method!r} is not a method (one of {', '.join(METHODS)})")
     if len(set(methods)) != len(methods):
         raise argparse.ArgumentTypeError(f"{text!r}: a method is repeated")
     if "mentor" not in methods:
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE, help="YAML recipe of the MENTOR run (default: the toy world's)")
     parser.add_argument("--methods", type=_method_list, metavar="mentor,grpo,...",
-                        help=f"methods trained on every seed, comma-separated, mentor among them (of {','.join(METHOD_NAMES)}; "
+                        help=f"methods trained on every seed, comma-separated, mentor among them (of {','.join(METHODS)}; "
                         f"default: {','.join(DEFAULT_METHODS)}); every method but MENTOR runs with algorithm.method=<name> "
                         "and rollout.n_mixed=0")
     parser.add_argument("--seeds", type=_seed_list, help="RL seeds, comma-separated (42,43,44): every method trains once on each "

@@ -20,6 +20,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mentor_ray.core.methods import METHODS, method_overrides
+
 RECIPES = Path(__file__).parent / "recipes"
 DEFAULT_RECIPE = RECIPES / "toy_mentor.yaml"
 LOG_NOTE = "run log: "
@@ -356,21 +358,14 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, h
     return summary
 
 
-def method_overrides(method: str | None) -> list[str]:
-    """The overrides `--method NAME` stands for: the method, and no mixed samples for the
-    methods that do not make them."""
-    if method is None:
-        return []
-    return [f"algorithm.method={method}"] + ([] if method == "mentor" else ["rollout.n_mixed=0"])
-
-
-def main(argv: list[str] | None = None) -> int:
-    from mentor_ray.config import ConfigError, load_config
-
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI; its --method choices are the registry's (mentor_ray.core.methods.METHODS)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_RECIPE, help="YAML recipe (default: the toy-world MENTOR run)")
-    parser.add_argument("--method", choices=("mentor", "grpo", "luffy", "questa"), default=None,
-                        help="algorithm.method; grpo, luffy and questa also set rollout.n_mixed=0 (README, \"Baselines\")")
+    parser.add_argument("--method", choices=tuple(METHODS), default=None,
+                        help="algorithm.method; a method that makes no mixed samples ("
+                        + ", ".join(m.name for m in METHODS.values() if not m.makes_mixed_samples)
+                        + ") also sets rollout.n_mixed=0 (README, \"Baselines\")")
     parser.add_argument("--grpo", action="store_true", help="short for --method grpo")
     parser.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS, else a local instance)")
     parser.add_argument("--verbose", action="store_true", help="show library logs (Ray, vLLM, DeepSpeed) on the console")
@@ -378,6 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-shards", default=None, metavar="DIR",
                         help="inspection: each learner rank appends the samples it trained on to DIR/rank<r>.jsonl")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. guidance.entropy_quantile=0.9")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mentor_ray.config import ConfigError, load_config
+
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.grpo and args.method not in (None, "grpo"):
         parser.error(f"--grpo is --method grpo; it cannot go with --method {args.method}")

@@ -791,6 +791,46 @@ def test_a_trial_builds_its_config_where_the_base_config_file_is_not(tmp_path, m
     assert configs[0].logging.run_root == "s3://bucket/sweeps/toy-cluster-sweep/runs"
 
 
+def test_a_method_added_to_the_registry_is_a_choice_of_the_config_the_cli_and_the_sweep(tmp_path, monkeypatch):
+    """One entry in mentor_ray.core.methods.METHODS, nothing else: the config accepts it with its
+    rules, `pipelines.train --method` offers it, a sweep may choose it, compare names it."""
+    from mentor_ray.config import ConfigError, load_config
+    from mentor_ray.core import methods
+    from pipelines import compare, train
+    from tuning.space import trial_config
+
+    assert "plain" not in methods.METHODS
+    entry = methods.MethodEntry("plain", "Plain", makes_mixed_samples=False,
+                                advantages=lambda algorithm: methods.MentorGroupAdvantages())
+    monkeypatch.setitem(methods.METHODS, "plain", entry)
+
+    config = load_config(None, ["algorithm.method=plain", "rollout.n_mixed=0"])
+    assert config.algorithm.method == "plain" and not config.guided and not config.algorithm.uses_expert_traces
+    assert methods.method_for(config.algorithm).name == "plain"
+    with pytest.raises(ConfigError, match="must be 0 for algorithm.method=plain"):
+        load_config(None, ["algorithm.method=plain"])
+    assert methods.algorithm_name(config) == "Plain"
+
+    args = train.build_parser().parse_args(["--method", "plain"])
+    assert args.method == "plain" and "plain" in train.build_parser().format_help()
+    assert train.method_overrides("plain") == ["algorithm.method=plain", "rollout.n_mixed=0"]
+
+    spec = check_sweep(_sweep(tmp_path, parameters={
+        "algorithm.method": {"choice": ["mentor", "plain"]},
+        "rollout.guidance_ratio": {"choice": [0.0, 1 / 3]},
+    }))
+    trial = trial_config(spec, {"algorithm.method": "plain", "rollout.guidance_ratio": 1 / 3})
+    assert trial.algorithm.method == "plain" and trial.rollout.n_mixed == 0
+    assert compare._method_list("mentor,plain") == ["mentor", "plain"]
+
+    # Gone again, it is refused everywhere, by name.
+    monkeypatch.delitem(methods.METHODS, "plain")
+    with pytest.raises(ConfigError, match=r"algorithm.method='plain': one of \['mentor', 'grpo', 'luffy', 'questa'\]"):
+        load_config(None, ["algorithm.method=plain", "rollout.n_mixed=0"])
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--method", "plain"])
+
+
 def test_a_sweep_can_choose_the_method_and_each_trial_runs_it(tmp_path):
     """`algorithm.method` as a choice: every method passes the sweep's pre-flight, and a trial of
     LUFFY or QuestA makes no mixed samples whatever guidance ratio it drew."""

@@ -55,9 +55,22 @@ import yaml
 
 from mentor_ray import storage
 from mentor_ray.config import ConfigError, MentorConfig, load_config
-from mentor_ray.metrics import OBJECTIVE_WINDOW, end_of_guidance_step, read_metrics, window_mean
+from mentor_ray.metrics import (
+    OBJECTIVE_WINDOW,
+    end_of_guidance_step,
+    read_metrics,
+    window_mean,
+)
 from tuning.space import GUIDANCE_RATIO, SweepSpec, sweep_from_dict
-from tuning.sweep import ASHA_STATE_FILE, LEDGER_FILE, RUNS_FOLDER, SPEC_FILE, SweepLedger, TrialRecord, trial_run_name
+from tuning.sweep import (
+    ASHA_STATE_FILE,
+    LEDGER_FILE,
+    RUNS_FOLDER,
+    SPEC_FILE,
+    SweepLedger,
+    TrialRecord,
+    trial_run_name,
+)
 
 VAL = "val/greedy_accuracy"
 ENTROPY = "rollout/entropy_mean"
@@ -102,16 +115,19 @@ class TrialRow:
         return self.record.status
 
     @property
+    def algorithm(self) -> str:
+        """The trial's method as tables name it (MENTOR without mixed samples is GRPO)."""
+        from mentor_ray.core.methods import algorithm_name
+
+        return algorithm_name(self.config) if self.config is not None else "MENTOR"
+
+    @property
     def is_grpo(self) -> bool:
-        return self.config is not None and self.config.algorithm.method in ("mentor", "grpo") and self.config.rollout.n_mixed == 0
+        return self.algorithm == "GRPO"
 
     @property
     def label(self) -> str:
-        from mentor_ray.core.methods import algorithm_name
-
-        if self.config is not None and self.config.algorithm.method in ("luffy", "questa"):
-            return f"{self.record.trial_id} ({algorithm_name(self.config)})"
-        return f"{self.record.trial_id}" + (" (GRPO)" if self.is_grpo else "")
+        return self.trial_id if self.algorithm == "MENTOR" else f"{self.trial_id} ({self.algorithm})"
 
     @property
     def last_step(self) -> int:

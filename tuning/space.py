@@ -53,6 +53,7 @@ from mentor_ray.config import (
     load_config_tree,
     set_dotted,
 )
+from mentor_ray.core.methods import METHODS
 from mentor_ray.metrics import STEP_METRICS, is_step_metric
 from pipelines.plan import check_plan
 
@@ -335,7 +336,8 @@ def trial_config(spec: SweepSpec, params: dict[str, Any], run_root: str | None =
             _set_guidance_ratio(tree, float(value))
         else:
             set_dotted(tree, key, value)
-    if params.get(METHOD, "mentor") != "mentor":
+    method = params.get(METHOD, tree.get("algorithm", {}).get("method", "mentor"))
+    if method in METHODS and not METHODS[method].makes_mixed_samples:
         set_dotted(tree, "rollout.n_mixed", 0)  # after a swept guidance ratio: the method decides
     if run_root is not None:
         set_dotted(tree, "logging.run_root", run_root)
