@@ -72,11 +72,20 @@ class WeightStore:
     def __init__(self) -> None:
         self._version = 0
         self._weights_ref: list[ray.ObjectRef] = []
+        self._expected = 0
 
     def publish(self, version: int, weights_ref: list[ray.ObjectRef]) -> None:
         # The ref arrives wrapped in a list so Ray passes the reference, not the tensors.
         self._version = version
         self._weights_ref = weights_ref
+
+    def expect(self, version: int) -> None:
+        """A version the engines already serve, whose copy is on its way here (the collective
+        transport's standby copy): an engine that must catch up to it waits for it."""
+        self._expected = max(self._expected, version)
+
+    def expected(self) -> int:
+        return self._expected
 
     def latest(self) -> tuple[int, list[ray.ObjectRef]]:
         return self._version, self._weights_ref
@@ -200,6 +209,8 @@ class RolloutEngineActor:
             version, weights_ref = ray.get(self._store.latest.remote())
             if version >= wanted or time.monotonic() > deadline:
                 return version, weights_ref
+            if ray.get(self._store.expected.remote()) < wanted:
+                return version, weights_ref  # nothing on its way: the caller says what is wrong
             time.sleep(0.05)
 
     def _generate_for_step(

@@ -214,6 +214,7 @@ class CollectiveTransport:
         # The standby copy goes into the object store after the broadcast, beside the next
         # rollout, not on the sync's path: whoever cannot take a broadcast (an engine Ray
         # restarts) reads it, and such an engine waits for it (RolloutEngineActor._stored_version).
+        ray.get(self.roles.weight_store.expect.remote(version))
         self.standby = _Standby(self.roles.weight_store, version, weights)
         return metrics
 
