@@ -295,10 +295,12 @@ def concurrent_trials(spec: SweepSpec, resources: dict[str, float]) -> tuple[int
 RUN_ACTOR_CLASSES = ("RolloutEngineActor", "RewardActor", "RayTrainWorker", "TrainController")
 
 
-def leftover_resources(wait_s: float = 30.0) -> dict[str, list[str]]:
+def leftover_resources(wait_s: float = 90.0) -> dict[str, list[str]]:
     """Placement groups and engine/learner actors still alive once every trial has ended.
     Ray Train's worker placement groups outlive a killed trial driver unless its cleaner removes
-    them (ray-project/ray issue 54305); waits up to wait_s for Ray's own cleanup first."""
+    them (ray-project/ray issue 54305); waits up to wait_s for Ray's own cleanup first (it
+    returns as soon as nothing is left; on a loaded 2-core machine the cleanup of a trial that
+    ended last took more than 30 s)."""
     import ray
     from ray._private import state as ray_state
 
