@@ -20,7 +20,6 @@ The collective keeps the object store as its fallback, and says so on the consol
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import ray
 import torch
 
 from mentor_ray.config import MentorConfig
+from mentor_ray.distributed import free_port
 from pipelines.roles import RolloutRoles, engine_names
 
 # A transport that fails this many syncs in a row (a backend that cannot work on this cluster,
@@ -54,6 +54,22 @@ class ObjectStoreTransport:
         pass
 
 
+def wait_for_engines(refs: list[ray.ObjectRef], names: list[str], timeout_s: float, doing: str) -> list[Any]:
+    """Every engine's answer, waited on at most `timeout_s`; raises naming the engines that
+    were late or failed, and what they were doing."""
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+    late = [name for name, ref in zip(names, refs) if ref not in ready]
+    if late:
+        raise WeightSyncError(f"{', '.join(late)} did not finish {doing} within sync.timeout_s={timeout_s:g} s")
+    results = []
+    for name, ref in zip(names, refs):
+        try:
+            results.append(ray.get(ref))
+        except Exception as error:
+            raise WeightSyncError(f"{name} failed while {doing}: {_first_line(error)}") from error
+    return results
+
+
 class EngineFleetClient:
     """vLLM's `VLLMWeightSyncClient` protocol over the run's engine actors: each call fans out
     to every engine and waits at most `timeout_s`. Each engine is given its own rank in the
@@ -66,19 +82,7 @@ class EngineFleetClient:
         self.receipts: list[dict[str, Any]] = []
 
     def _wait(self, refs: list[ray.ObjectRef], doing: str) -> list[Any]:
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
-        late = [name for name, ref in zip(self.names, refs) if ref not in ready]
-        if late:
-            raise WeightSyncError(
-                f"{', '.join(late)} did not finish {doing} within sync.timeout_s={self.timeout_s:g} s"
-            )
-        results = []
-        for name, ref in zip(self.names, refs):
-            try:
-                results.append(ray.get(ref))
-            except Exception as error:
-                raise WeightSyncError(f"{name} failed while {doing}: {_first_line(error)}") from error
-        return results
+        return wait_for_engines(refs, self.names, self.timeout_s, doing)
 
     def init_weight_transfer_engine(self, init_info: dict[str, Any]) -> None:
         calls = []
@@ -134,8 +138,7 @@ class CollectiveTransport:
 
     def _engine_pids(self) -> list[int]:
         refs = [engine.weights_version_and_pid.remote() for engine in self.engines]
-        client = EngineFleetClient(self.engines, self.names, self.ranks_per_engine, self.timeout_s)
-        return [pid for _, pid in client._wait(refs, "answering before a sync")]
+        return [pid for _, pid in wait_for_engines(refs, self.names, self.timeout_s, "answering before a sync")]
 
     def _open_group(self, pids: list[int]) -> _Group:
         from vllm.distributed.weight_transfer import WeightTransferTrainerFactory
@@ -144,7 +147,7 @@ class CollectiveTransport:
 
         client = EngineFleetClient(self.engines, self.names, self.ranks_per_engine, self.timeout_s)
         source = weight_transfer.LatestWeights(device=torch.device("cuda") if self.on_gpu else None)
-        address, port = ray.util.get_node_ip_address(), _free_port()
+        address, port = ray.util.get_node_ip_address(), free_port("")
         world_size = 1 + len(self.engines) * self.ranks_per_engine
         if self.on_gpu:  # untested here (needs CUDA): vLLM's own NCCL sender
             from vllm.distributed.weight_transfer.nccl_engine import NCCLTrainerInitInfo
@@ -312,8 +315,8 @@ def check_engines_agree(roles: RolloutRoles, timeout_s: float) -> int:
     if not engines:
         return 0
     names = engine_names(roles)
-    digests = EngineFleetClient(engines, names, 1, timeout_s)._wait(
-        [engine.policy_weight_digests.remote() for engine in engines], "computing weight digests"
+    digests = wait_for_engines(
+        [engine.policy_weight_digests.remote() for engine in engines], names, timeout_s, "computing weight digests"
     )
     reference = {k: v for k, v in digests[0].items() if not k.startswith("draft.")}
     for name, engine_digests in zip(names, digests):
@@ -360,8 +363,3 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("", 0))
-        return probe.getsockname()[1]
