@@ -19,12 +19,11 @@ import numpy as np
 import torch
 
 from mentor_ray import storage
+from mentor_ray.habits import habit_names, habit_rates
 from mentor_ray.timeline import ROLES, covered_seconds
 from mentor_ray.rollout.rows import RolloutRow
 
 METRICS_FILE = "metrics.jsonl"
-KEYWORDS = ("verify", "check", "wait", "okay")
-_KEYWORD_PATTERNS = {word: re.compile(rf"\b{word}\b", re.IGNORECASE) for word in KEYWORDS}
 
 
 # The names a step's report can hold, for checking a sweep's objective and ASHA metric before
@@ -68,13 +67,17 @@ STEP_METRICS = frozenset(
         "stale_behaviour_log_prob_gap_max",
     )]
     + [f"busy/{role}_share" for role in (*ROLES, "overlap")]
+    # How much of the expert a step trains on (expert_signal_metrics).
+    + [f"signal/{name}" for name in (
+        "expert_tokens_per_prompt", "expert_advantage_mass_per_prompt", "expert_positive_rows_per_prompt",
+    )]
     + [f"transfer/{name}" for name in (
         "rollout_bytes", "rollout_bytes_per_rank_max", "weights_bytes", "weights_bytes_to_engines",
     )]
 )
-# Families whose last part varies: habit keywords, grading statuses, validation modes.
+# Families whose last part varies: habits per kind of sample, grading statuses, validation modes.
 STEP_METRIC_PATTERNS = (
-    re.compile(rf"rollout/(on_policy|mixed|expert_trace)_keyword_({'|'.join(KEYWORDS)})"),
+    re.compile(rf"habits/(on_policy|mixed|expert_trace)_({'|'.join(habit_names())})"),
     re.compile(r"reward/grading_\w+"),
     re.compile(r"val/(greedy|sampled)_\w+"),
     re.compile(r"time/validate_(greedy|sampled)_seconds"),
@@ -100,8 +103,9 @@ def sample_kind(row: RolloutRow) -> str:
 
 
 def rollout_metrics(rows: list[RolloutRow]) -> dict[str, float]:
-    """Rewards, accuracy, format rate, response length and keyword rates, on-policy vs mixed
-    (and vs the stored expert traces LUFFY puts in its groups)."""
+    """Rewards, accuracy, format rate, response length and habit rates (`habits/<kind>_<habit>`,
+    occurrences per response), on-policy vs mixed (and vs the stored expert traces LUFFY puts in
+    its groups)."""
     metrics: dict[str, float] = {}
     for label in SAMPLE_KINDS:
         group = [row for row in rows if sample_kind(row) == label]
@@ -113,16 +117,37 @@ def rollout_metrics(rows: list[RolloutRow]) -> dict[str, float]:
         metrics[f"rollout/{label}_accuracy"] = _mean(row["accuracy"] for row in group)
         metrics[f"rollout/{label}_format_rate"] = _mean(row["format"] for row in group)
         metrics[f"rollout/{label}_response_length"] = _mean(len(row["response_token_ids"]) for row in group)
-        for word, pattern in _KEYWORD_PATTERNS.items():
-            metrics[f"rollout/{label}_keyword_{word}"] = _mean(
-                len(pattern.findall(row["response_text"])) for row in group
-            )
+        metrics.update({f"habits/{label}_{name}": rate for name, rate in habit_rates(row["response_text"] for row in group).items()})
     metrics["rollout/reward"] = _mean(row["reward"] for row in rows)
     metrics["rollout/accuracy"] = _mean(row["accuracy"] for row in rows)
     metrics["rollout/format_rate"] = _mean(row["format"] for row in rows)
     metrics["rollout/response_length"] = _mean(len(row["response_token_ids"]) for row in rows)
     metrics["rollout/truncated_rate"] = _mean(row["finish_reason"] == "length" for row in rows)
     return metrics
+
+
+def expert_signal_metrics(rows: list[RolloutRow], mixture: dict[str, float]) -> dict[str, float]:
+    """How much expert a step trains on, per prompt of the step, whichever way the method brings it:
+    a stored trace (LUFFY: every token the expert's) or a mixed sample (MENTOR: a token is the
+    expert's in the share w of pi_mix; rows keep no per-token w, so each mixed token counts the
+    step's mean w, mixture_weight_sum / scored_positions). `expert_tokens_per_prompt`: those
+    tokens; `expert_advantage_mass_per_prompt`: their sum of advantage times tokens (before
+    LUFFY's shaping weight, which the loss applies); `expert_positive_rows_per_prompt`: rows with
+    expert tokens and an advantage above 0 (the only ones MENTOR's rule trains towards). Empty
+    when the step has no expert rows or no advantages (GRPO, validation)."""
+    prompts = len({row["prompt_index"] for row in rows})
+    positions = mixture.get("scored_positions", 0.0)
+    mean_weight = mixture.get("mixture_weight_sum", 0.0) / positions if positions > 0 else 0.0
+    expert_rows = [(row, 1.0 if row.get("is_expert_trace", False) else mean_weight) for row in rows
+                   if row.get("is_expert_trace", False) or row["is_mixed"]]
+    if not prompts or not expert_rows or any("advantage" not in row for row, _ in expert_rows):
+        return {}
+    tokens = [len(row["response_token_ids"]) * share for row, share in expert_rows]
+    return {
+        "signal/expert_tokens_per_prompt": sum(tokens) / prompts,
+        "signal/expert_advantage_mass_per_prompt": sum(float(row["advantage"]) * t for (row, _), t in zip(expert_rows, tokens)) / prompts,
+        "signal/expert_positive_rows_per_prompt": sum(float(row["advantage"]) > 0 for row, _ in expert_rows) / prompts,
+    }
 
 
 def entropy_metrics(on_policy_token_entropies: torch.Tensor) -> dict[str, float]:

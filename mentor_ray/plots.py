@@ -96,12 +96,22 @@ def _save(figure, path: Path) -> Path:
     return path
 
 
+# plot_seeds' pictures: (file name, title, metric against step); one is left out when no run has its metric.
+SEED_PANELS = (
+    ("seeds_val_accuracy.png", "Validation accuracy (greedy), every seed", "val/greedy_accuracy"),
+    ("seeds_entropy.png", "Policy entropy (on-policy tokens), every seed", "rollout/entropy_mean"),
+    ("seeds_accuracy.png", "Accuracy of the policy's own samples (T=1), every seed", "rollout/on_policy_accuracy"),
+    ("seeds_response_length.png", "Response length of the policy's own samples (tokens), every seed",
+     "rollout/on_policy_response_length"),
+    ("seeds_habits_useful.png", "Useful habits (check, verify) per on-policy response, every seed", "habits/on_policy_useful"),
+    ("seeds_habits_filler.png", "Filler (okay, wait) per on-policy response, every seed", "habits/on_policy_filler"),
+)
 # Line styles of plot_seeds' methods, in the order they first appear (MENTOR first: solid).
 SEED_LINE_STYLES = ("-", "--", ":", "-.")
 
 
 def plot_seeds(pairs: dict[int, dict[str, Path]], out_dir: Path) -> list[Path]:
-    """Validation accuracy and entropy against step for every seed's runs (seed -> label -> run
+    """Validation accuracy, entropy, the policy's own accuracy, response length and habits against step for every seed's runs (seed -> label -> run
     folder: MENTOR's, GRPO's, ...), one colour per seed and one line style per label (solid,
     dashed, dotted, dash-dot, in the order the labels first appear): the spread across seeds at
     a glance."""
@@ -114,12 +124,14 @@ def plot_seeds(pairs: dict[int, dict[str, Path]], out_dir: Path) -> list[Path]:
     labels = list(dict.fromkeys(label for runs in pairs.values() for label in runs))
     styles = {label: SEED_LINE_STYLES[index % len(SEED_LINE_STYLES)] for index, label in enumerate(labels)}
     written = []
-    for file_name, title, key in (("seeds_val_accuracy.png", "Validation accuracy (greedy), every seed", "val/greedy_accuracy"),
-                                  ("seeds_entropy.png", "Policy entropy (on-policy tokens), every seed", "rollout/entropy_mean")):
+    histories = {(seed, label): read_metrics(Path(folder) / "metrics.jsonl") for seed, runs in pairs.items() for label, folder in runs.items()}
+    for file_name, title, key in SEED_PANELS:
+        if not any(key in r for history in histories.values() for r in history):
+            continue  # runs from before the metric existed
         figure, axes = plt.subplots(figsize=(7, 4.5))
         for index, (seed, runs) in enumerate(sorted(pairs.items())):
             for label, folder in runs.items():
-                history = read_metrics(Path(folder) / "metrics.jsonl")
+                history = histories[(seed, label)]
                 points = [(r["step"], r[key]) for r in history if r.get(key) is not None and not math.isnan(r[key])]
                 if points:
                     axes.plot(*zip(*points), styles[label], color=f"C{index}", marker="o" if key.startswith("val") else None,

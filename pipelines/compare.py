@@ -66,6 +66,30 @@ def comparison(mentor: list[dict], others: dict[str, list[dict]] | list[dict], d
         numbers[f"{method}_entropy_while_guided"] = mean_of(
             r.get("rollout/entropy_mean") for r in history if 1 <= r["step"] <= end_of_guidance)
         numbers[f"{method}_entropy_end_of_guidance"] = window_mean(history, "rollout/entropy_mean", end_of_guidance)
+        numbers.update(habit_numbers(method, history, end_of_guidance))
+    return numbers
+
+
+def habit_numbers(method: str, history: list[dict], end_of_guidance: int) -> dict[str, float]:
+    """What a method's own samples carry over training (mentor_ray/habits.py, per response, mean of
+    the last 3 steps): the useful habits and the filler at the end of MENTOR's guidance and at the
+    end, the response length at step 1, at its largest and at the end, and the expert signal
+    per prompt it trained on while MENTOR was guided (absent where the run logged none)."""
+    last = max((int(r["step"]) for r in history), default=0)
+    numbers = {}
+    for group in ("useful", "filler"):
+        key = f"habits/on_policy_{group}"
+        if any(key in r for r in history):
+            numbers[f"{method}_{group}_end_of_guidance"] = window_mean(history, key, end_of_guidance)
+            numbers[f"{method}_{group}_final"] = window_mean(history, key, last)
+    lengths = [r["rollout/on_policy_response_length"] for r in history if "rollout/on_policy_response_length" in r]
+    if lengths:
+        numbers.update({f"{method}_response_length_first": lengths[0], f"{method}_response_length_peak": max(lengths),
+                        f"{method}_response_length_final": window_mean(history, "rollout/on_policy_response_length", last)})
+    for name in ("expert_tokens_per_prompt", "expert_advantage_mass_per_prompt"):
+        values = [r[f"signal/{name}"] for r in history if f"signal/{name}" in r and 1 <= r["step"] <= end_of_guidance]
+        if values:
+            numbers[f"{method}_{name}_while_guided"] = mean_of(values)
     return numbers
 
 
@@ -141,6 +165,17 @@ def table_rows(methods: Sequence[str]) -> list[tuple[str, str | tuple[str, ...]]
         *each("final model stops early (T=1)", "early_stop_rate"),
         *each("final model swaps operands (T=1)", "swapped_share"),
         *each("final model accuracy (T=1)", "sampled_accuracy"),
+        *each("useful habits (check, verify) per response, end of guidance", "useful_end_of_guidance"),
+        *each("useful habits (check, verify) per response, last steps", "useful_final"),
+        *each("filler (okay, wait) per response, end of guidance", "filler_end_of_guidance"),
+        *each("filler (okay, wait) per response, last steps", "filler_final"),
+        *each("final model's useful habits per response (T=1)", "useful_per_response"),
+        *each("final model's filler per response (T=1)", "filler_per_response"),
+        *each("response length at step 1", "response_length_first"),
+        *each("response length at its largest", "response_length_peak"),
+        *each("response length, last steps", "response_length_final"),
+        *each("expert tokens trained on per prompt, while guided", "expert_tokens_per_prompt_while_guided"),
+        *each("expert advantage mass per prompt, while guided", "expert_advantage_mass_per_prompt_while_guided"),
         *each("final model's greedy response = the stored expert trace (train problems)", "trace_copy_share"),
     ]
 
@@ -216,7 +251,8 @@ def pass_at_k_comparison(runs: dict[str, Path], root: Path, samples: int, limit:
 
 def habits_comparison(runs: dict[str, Path], eval_path: str, limit: int | None) -> dict[str, float]:
     """The toy habits of every run's final model, sampled at T=1 on the held-out problems: what
-    the accuracy differences are made of (finishing the working, the operand order it writes)."""
+    the accuracy differences are made of (finishing the working, the operand order it writes, the
+    habits world's check steps and filler)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from mentor_ray.toy_world.evaluate import sampled_habits
@@ -227,7 +263,8 @@ def habits_comparison(runs: dict[str, Path], eval_path: str, limit: int | None) 
         folder = run_dir / "final_model"
         habits = sampled_habits(AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder), problems)
         numbers.update({f"{label}_sampled_accuracy": habits.accuracy, f"{label}_early_stop_rate": habits.early_stop_rate,
-                        f"{label}_swapped_share": habits.swapped_share})
+                        f"{label}_swapped_share": habits.swapped_share, f"{label}_useful_per_response": habits.useful_per_response,
+                        f"{label}_filler_per_response": habits.filler_per_response})
     return numbers
 
 

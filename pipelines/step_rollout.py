@@ -20,7 +20,7 @@ from mentor_ray.core.methods import Method
 from mentor_ray.data.prompt_schedule import PromptSchedule
 from mentor_ray.data.run_inputs import TokenizedProblem
 from mentor_ray.learner import TrainingSample
-from mentor_ray.metrics import mixture_metrics, rollout_metrics
+from mentor_ray.metrics import expert_signal_metrics, mixture_metrics, rollout_metrics
 from pipelines.resources import (
     OUTSIDE_CALLER_PLACEMENT_GROUP,
     STAGE_TASK_CPUS,
@@ -85,6 +85,7 @@ class StepRolloutMaker:
                    "rollout/weights_version": float(weights_version)}
         metrics.update(rollout_metrics(rollout.rows))
         metrics.update(mixture_metrics(rollout.mixture))
+        metrics.update(expert_signal_metrics(rollout.rows, rollout.mixture))
         metrics["rollout/dropped_prompts"] = float(rollout.dropped_prompts)
         for status, count in rollout.grading.items():
             metrics[f"reward/grading_{status}"] = float(count)

@@ -129,15 +129,17 @@ def test_plot_seeds_draws_every_seed_of_both_methods(tmp_path, monkeypatch):
         for label in ("mentor", "grpo"):
             run = tmp_path / f"{label}-{seed}"
             run.mkdir()
-            rows = [{"step": s, "rollout/entropy_mean": 0.1 + 0.01 * s, **({"val/greedy_accuracy": 0.1 * s} if s % 2 == 0 else {})}
+            rows = [{"step": s, "rollout/entropy_mean": 0.1 + 0.01 * s, **({"val/greedy_accuracy": 0.1 * s} if s % 2 == 0 else {}),
+                     **({"habits/on_policy_filler": 0.5} if label == "mentor" else {})}
                     for s in range(5)]
             (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             pairs[seed][label] = run
     written = plot_seeds(pairs, tmp_path / "plots")
-    assert [p.name for p in written] == ["seeds_val_accuracy.png", "seeds_entropy.png"]
+    # A panel whose metric no run logged is left out; one logged by some runs draws those.
+    assert [p.name for p in written] == ["seeds_val_accuracy.png", "seeds_entropy.png", "seeds_habits_filler.png"]
     assert all(p.stat().st_size > 5000 for p in written)
     drawn = ["MENTOR seed 1", "GRPO seed 1", "MENTOR seed 2", "GRPO seed 2"]
-    assert labels == drawn + drawn  # both panels
+    assert labels == drawn + drawn + ["MENTOR seed 1", "MENTOR seed 2"]
 
 
 # Four methods, three seeds: MENTOR's synthetic numbers beat every baseline's by these margins.
@@ -346,3 +348,30 @@ def test_plot_seeds_draws_every_method_of_every_seed(tmp_path, monkeypatch):
     styles = dict(zip(METHODS, ("-", "--", ":", "-.")))
     expected = [(f"{m.upper()} seed {seed}", styles[m]) for seed in (1, 2, 3) for m in METHODS]
     assert drawn == expected + expected
+
+
+def test_habits_length_and_expert_signal_per_method_reach_the_summary():
+    """A method's habits (last 3 steps and at the end of guidance), response length (first,
+    largest, last) and expert signal while guided, from its metrics, into the summary table."""
+    from pipelines.compare import comparison, summarize, summary_markdown
+
+    def history(useful, filler, lengths, signal=None):
+        return [{"step": s, "habits/on_policy_useful": useful(s), "habits/on_policy_filler": filler(s),
+                 "rollout/on_policy_response_length": lengths[s - 1], "val/greedy_accuracy": 0.1,
+                 **({"signal/expert_tokens_per_prompt": signal, "signal/expert_advantage_mass_per_prompt": signal / 10}
+                    if signal and s <= 4 else {})} for s in range(1, 9)]
+
+    mentor = history(lambda s: 0.1 * s, lambda s: 0.0, [20, 30, 40, 35, 30, 25, 22, 21], signal=12.0)
+    luffy = history(lambda s: 1.0, lambda s: 0.5 if s > 4 else 0.0, [20] * 8, signal=30.0)
+    numbers = comparison(mentor, {"luffy": luffy}, decay_steps=5)  # guided to step 4
+    assert numbers["mentor_useful_final"] == pytest.approx(0.7)  # steps 6-8
+    assert numbers["mentor_useful_end_of_guidance"] == pytest.approx(0.3)  # steps 2-4
+    assert numbers["luffy_filler_final"] == 0.5 and numbers["luffy_filler_end_of_guidance"] == 0.0
+    assert (numbers["mentor_response_length_first"], numbers["mentor_response_length_peak"]) == (20, 40)
+    assert numbers["mentor_response_length_final"] == pytest.approx(68 / 3)
+    assert numbers["mentor_expert_tokens_per_prompt_while_guided"] == 12.0
+    assert numbers["luffy_expert_advantage_mass_per_prompt_while_guided"] == pytest.approx(3.0)
+    table = summary_markdown(summarize({42: numbers}, ["mentor", "luffy"]))
+    assert "| useful habits (check, verify) per response, last steps, MENTOR | 0.700 |" in table
+    assert "| filler (okay, wait) per response, last steps, LUFFY | 0.500 |" in table
+    assert "| expert tokens trained on per prompt, while guided, LUFFY | 30.000 |" in table

@@ -35,8 +35,9 @@ def test_rollout_metrics_split_on_policy_and_mixed():
     assert m["rollout/on_policy_reward"] == pytest.approx(0.55)
     assert m["rollout/mixed_reward"] == pytest.approx(0.9)
     assert m["rollout/on_policy_response_length"] == 15 and m["rollout/mixed_response_length"] == 30
-    assert m["rollout/on_policy_keyword_verify"] == 0.5 and m["rollout/on_policy_keyword_check"] == 0.5
-    assert m["rollout/on_policy_keyword_wait"] == 0.5 and m["rollout/mixed_keyword_verify"] == 2.0
+    assert m["habits/on_policy_verify"] == 0.5 and m["habits/on_policy_check"] == 0.5
+    assert m["habits/on_policy_wait"] == 0.5 and m["habits/mixed_verify"] == 2.0
+    assert m["habits/on_policy_useful"] == 1.0 and m["habits/on_policy_filler"] == 0.5 and m["habits/mixed_filler"] == 0
     assert m["rollout/format_rate"] == pytest.approx(2 / 3) and m["rollout/truncated_rate"] == pytest.approx(1 / 3)
     assert m["rollout/mixed_samples"] == 1
 

@@ -34,7 +34,7 @@ def test_short_run_writes_everything(short_run):
     for key in ("rollout/on_policy_reward", "rollout/mixed_reward", "rollout/entropy_mean", "rollout/entropy_p95",
                 "guidance/entropy_threshold", "guidance/alpha", "train/loss", "train/grad_norm",
                 "train/clip_high_fraction", "rollout/mixture_weight_mean", "time/rollout_seconds", "time/sync_seconds",
-                "rollout/on_policy_keyword_verify"):
+                "habits/on_policy_verify", "habits/mixed_filler", "signal/expert_tokens_per_prompt"):
         assert key in first and math.isfinite(first[key]), key
     assert first["guidance/entropy_threshold"] == 0.5  # tau_init
     # tau for step 2 is the p95 quantile (floored) of step 1's on-policy entropies.

@@ -51,6 +51,7 @@ from mentor_ray.toy_world.task import (
     stop_one_step_early,
     swap_operands,
     vary_separators,
+    write_with_habits,
 )
 from mentor_ray.toy_world.tokenizer import TOY_SYSTEM_PROMPT
 
@@ -92,6 +93,16 @@ class ModelRecipe:
     boundary_stop_rate: float = 0.0
     # Steps joined by any of STEP_SEPARATORS, evenly, instead of always ";".
     varied_separators: bool = False
+    # The habits world (task.write_with_habits; its steps joined by ";" or ","): the chance that
+    # a product is written one off, a check step after every product that repairs it, and the
+    # chance of "okay" / "wait" filler at each boundary between steps.
+    slip_rate: float = 0.0
+    checks_products: bool = False
+    filler_rate: float = 0.0
+
+    @property
+    def writes_habits(self) -> bool:
+        return self.slip_rate > 0 or self.checks_products or self.filler_rate > 0
 
     @property
     def head_dim(self) -> int:
@@ -135,7 +146,7 @@ class ToyWorldRecipe:
 # field out of its hash while it holds the default, so every world built before the field
 # existed keeps its name (and its shipped copy stays found).
 _LATER_MODEL_FIELDS = {
-    f.name: f.default for f in dataclasses.fields(ModelRecipe) if f.name in ("boundary_stop_rate", "varied_separators")
+    f.name: f.default for f in dataclasses.fields(ModelRecipe) if f.name in ("boundary_stop_rate", "varied_separators", "slip_rate", "checks_products", "filler_rate")
 }
 
 
@@ -194,11 +205,39 @@ def _hesitant_world() -> ToyWorldRecipe:
     )
 
 
+HABITS_SLIP_RATE = 0.3
+HABITS_FILLER_RATE = 0.5
+
+
+def _habits_world() -> ToyWorldRecipe:
+    """A world where the expert's responses carry a useful habit and filler the policy lacks.
+
+    Both models make the same slip: a product written one off (HABITS_SLIP_RATE of products),
+    after which the working goes on from the wrong value. The expert, and only the expert,
+    follows every product with `` check a*b=c`` (the useful habit: the checked value is always
+    right, so it repairs the slip) and says `` okay`` or `` wait`` at each boundary between steps
+    with chance HABITS_FILLER_RATE (filler: it changes nothing). Neither stops early or swaps
+    operands; both join steps with ";" or "," evenly, so at a boundary the policy is uncertain
+    (about 0.69 nats), the position where MENTOR's mixture hands the token to the expert, whose
+    next token there starts a check or a filler word. mentor_ray/habits.py counts both habits.
+    """
+    default = ToyWorldRecipe()
+    return dataclasses.replace(
+        default,
+        expert=dataclasses.replace(
+            default.expert, sft_steps=2000, swap_rate=0.0,
+            slip_rate=HABITS_SLIP_RATE, checks_products=True, filler_rate=HABITS_FILLER_RATE,
+        ),
+        policy=dataclasses.replace(default.policy, early_stop_rate=0.0, swap_rate=0.0, slip_rate=HABITS_SLIP_RATE),
+    )
+
+
 # World name -> recipe; `toy://<name>/<item>` in a config names an item of a named world.
 TOY_WORLDS: dict[str, ToyWorldRecipe] = {
     "default": ToyWorldRecipe(),
     "rare-finish": _rare_finish_world(),
     "hesitant": _hesitant_world(),
+    "habits": _habits_world(),
 }
 
 
@@ -376,9 +415,14 @@ def make_datasets(recipe: ToyWorldRecipe) -> dict[str, list[dict]]:
         swap_rng, truncation_rng = random.Random(base + 20 + offset), random.Random(base + 10 + offset)
         # Their own streams, drawn only when used: worlds without these habits keep their data.
         boundary_rng, separator_rng = random.Random(base + 30 + offset), random.Random(base + 40 + offset)
+        habits_rng = random.Random(base + 50 + offset)
         sft_sets[name] = []
         for p in candidates:
             if p["problem"] in held_out:
+                continue
+            if model.writes_habits:
+                sft_sets[name].append({**p, "solution": write_with_habits(
+                    p["problem"], habits_rng, model.slip_rate, model.checks_products, model.filler_rate)})
                 continue
             solution = swap_operands(p["solution"], swap_rng, model.swap_rate)
             if truncation_rng.random() < model.early_stop_rate:
@@ -451,6 +495,7 @@ def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tok
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
+    from mentor_ray.habits import habit_rates
     from mentor_ray.toy_world.evaluate import early_stop_rate, generate_responses, score_responses, stops_early
     from mentor_ray.toy_world.sft import SFTConfig, train_sft
 
@@ -504,5 +549,7 @@ def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tok
         "greedy_early_stop_rate": 1.0 - len(finished) / len(problems),
         "sampled_early_stop_rate": early_stop_rate(sampled_responses, problems),
         "greedy_accuracy_when_finished": score_responses(*zip(*finished)).accuracy if finished else None,
+        # Occurrences per sampled response of each mentor_ray.habits word (the habits world's).
+        "sampled_habits": habit_rates(sampled_responses),
         "eval_seconds": round(time.perf_counter() - started - train_seconds, 1),
     }

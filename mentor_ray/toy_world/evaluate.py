@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from mentor_ray.toy_world.task import ONE_DIGIT_COMMUTATIVE_STEP, PROBLEM_PREFIX, evaluate_stepwise, split_steps, swapped
+from mentor_ray.habits import habit_rates
+from mentor_ray.toy_world.task import (
+    ONE_DIGIT_COMMUTATIVE_STEP,
+    PROBLEM_PREFIX,
+    evaluate_stepwise,
+    parse_problem,
+    split_steps,
+    swapped,
+)
 from mentor_ray.toy_world.tokenizer import chat_prompt
 
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -54,8 +62,7 @@ def early_stop_rate(responses: Sequence[str], problems: Sequence[str]) -> float:
 def swapped_steps(response: str, problem: str) -> tuple[int, int]:
     """(steps written ``b+a`` / ``b*a``, steps that could be) over the one-digit ``+`` / ``*``
     steps of the problem's intended working that the response reproduces in either order."""
-    tokens = re.findall(r"\d+|[+\-*]", problem.removeprefix(PROBLEM_PREFIX))
-    intended = evaluate_stepwise([int(t) for t in tokens[::2]], tokens[1::2])
+    intended = evaluate_stepwise(*parse_problem(problem))
     swapped_count = eligible = 0
     for step, wrote in zip(intended.steps if intended else (), _written_steps(response)):
         operation = ONE_DIGIT_COMMUTATIVE_STEP.fullmatch(step)
@@ -76,7 +83,7 @@ def generate_responses(
     tokenizer: PreTrainedTokenizerBase,
     problems: Sequence[str],
     temperature: float = 0.0,
-    max_new_tokens: int = 64,
+    max_new_tokens: int = 96,
     batch_size: int = 256,
     seed: int = 0,
 ) -> list[str]:
@@ -139,6 +146,9 @@ class Habits:
     early_stop_rate: float
     swapped_share: float
     responses: int
+    # mentor_ray.habits per response: check/verify, and okay/wait filler (the habits world's).
+    useful_per_response: float = 0.0
+    filler_per_response: float = 0.0
 
 
 def sampled_habits(
@@ -148,11 +158,14 @@ def sampled_habits(
     answers = [p["answer"] for p in problems for _ in range(samples_per_problem)]
     responses = generate_responses(model, tokenizer, texts, temperature=1.0, seed=seed)
     swap_counts = [swapped_steps(r, t) for r, t in zip(responses, texts)]
+    rates = habit_rates(responses)
     return Habits(
         accuracy=score_responses(responses, answers).accuracy,
         early_stop_rate=early_stop_rate(responses, texts),
         swapped_share=sum(s for s, _ in swap_counts) / max(1, sum(e for _, e in swap_counts)),
         responses=len(texts),
+        useful_per_response=rates["useful"],
+        filler_per_response=rates["filler"],
     )
 
 

@@ -9,7 +9,9 @@ Why this task: every answer is checkable exactly, a response is 20-50 characters
 character-level model keeps RL on CPU cheap), and the models' SFT data can be given habits
 that RL should change or keep: stopping one step early (``stop_one_step_early``, a wrong
 decision at one uncertain token) and writing ``b+a`` for ``a+b`` (``swap_operands``, a
-free choice of style where diversity is worth keeping).
+free choice of style where diversity is worth keeping). The habits world's models write
+their working with ``write_with_habits``: a product sometimes slipped by one, a ``check`` step
+that repeats each product and repairs the slip, and ``okay`` / ``wait`` filler between steps.
 
 Constraints that keep it learnable by a tiny model: operands are 1-9, a ``*`` never chains
 (each product is single digit times single digit), and every intermediate value stays in
@@ -38,6 +40,16 @@ _STEP_SEPARATOR = re.compile("[" + "".join(STEP_SEPARATORS) + "]")
 # Single-digit operands only: their facts are the same table read either way, so a swap
 # changes the style and not the arithmetic a tiny model has to know.
 ONE_DIGIT_COMMUTATIVE_STEP = re.compile(r"(\d)([+*])(\d)=(\d+)")
+
+
+# The habits world (write_with_habits): its boundaries are marked by ";" or "," only, so the
+# space before a habit word can never be read as a separator.
+HABIT_SEPARATORS = (";", ",")
+CHECK_WORD = "check"
+FILLER_WORDS = ("okay", "wait")
+_CHECK_STEP = re.compile(rf"\s*{CHECK_WORD}\s*\d+[+\-*]\d+=-?\d+")
+_FILLER = re.compile(rf"\s*\b({'|'.join(FILLER_WORDS)})\b")
+_PROBLEM_TOKENS = re.compile(r"\d+|[+\-*]")
 
 
 @dataclass(frozen=True)
@@ -86,9 +98,80 @@ def format_solution(steps: tuple[str, ...], answer: int, separators: tuple[str, 
     return f"<think>{working}</think> \\boxed{{{answer}}}"
 
 
+def strip_habits(working: str) -> str:
+    """The working without its check steps and filler words (the habits world's), so the steps
+    that remain are the ones that carry the computation."""
+    return _FILLER.sub("", _CHECK_STEP.sub("", working))
+
+
 def split_steps(working: str) -> list[str]:
-    """The ``a?b=c`` steps of a working, whichever STEP_SEPARATORS join them."""
-    return _STEP_SEPARATOR.split(working)
+    """The ``a?b=c`` steps of a working, whichever STEP_SEPARATORS join them (check steps and
+    filler left out)."""
+    return _STEP_SEPARATOR.split(strip_habits(working))
+
+
+def parse_problem(problem: str) -> tuple[list[int], list[str]]:
+    """Operands and operators of a problem text (``Compute 7+5*3``)."""
+    tokens = _PROBLEM_TOKENS.findall(problem.removeprefix(PROBLEM_PREFIX))
+    return [int(t) for t in tokens[::2]], tokens[1::2]
+
+
+def write_with_habits(problem: str, rng: random.Random, slip_rate: float, checks_products: bool, filler_rate: float) -> str:
+    """A response to ``problem`` in the habits world's style: products first, then left to right.
+
+    - slip_rate: the typical slip both habits-world models share: each product is written one
+      off (up or down, evenly) with this chance, and the working goes on from the wrong value.
+      A slip that would take a later value out of 0..MAX_VALUE is not made.
+    - checks_products: after each product, `` check a*b=c`` with the right value, and the
+      working goes on from the checked value: the useful habit, it repairs the slip.
+    - filler_rate: at each boundary between two steps, `` okay`` or `` wait`` (evenly) with
+      this chance: filler that changes nothing.
+    Steps are joined by HABIT_SEPARATORS, drawn evenly.
+    """
+    operands, operators = parse_problem(problem)
+    slips = [rng.random() < slip_rate for _ in operators if _ == "*"]
+    ups = [rng.random() < 0.5 for _ in slips]
+    worked = _worked_with_slips(operands, operators, slips, ups, checks_products)
+    if worked is None:  # a slip left the range: the products are written right
+        worked = _worked_with_slips(operands, operators, [False] * len(slips), ups, checks_products)
+    pieces, value = worked
+    working = pieces[0]
+    for piece in pieces[1:]:
+        if rng.random() < filler_rate:
+            working += " " + rng.choice(FILLER_WORDS)
+        working += rng.choice(HABIT_SEPARATORS) + piece
+    return f"<think>{working}</think> \\boxed{{{value}}}"
+
+
+def _worked_with_slips(operands: list[int], operators: list[str], slips: list[bool], ups: list[bool],
+                       checks_products: bool) -> tuple[list[str], int] | None:
+    values, ops = list(operands), list(operators)
+    pieces: list[str] = []
+    product = 0
+    while "*" in ops:
+        i = ops.index("*")
+        a, b = values[i], values[i + 1]
+        right = a * b
+        written = right + (1 if ups[product] or right == 0 else -1) if slips[product] else right
+        piece = f"{a}*{b}={written}"
+        if checks_products:
+            piece += f" {CHECK_WORD} {a}*{b}={right}"
+            written = right
+        pieces.append(piece)
+        values[i : i + 2] = [written]
+        del ops[i]
+        product += 1
+    while ops:
+        a, op, b = values[0], ops[0], values[1]
+        result = a + b if op == "+" else a - b
+        if not 0 <= result <= MAX_VALUE:
+            return None
+        pieces.append(f"{a}{op}{b}={result}")
+        values[0:2] = [result]
+        del ops[0]
+    if not 0 <= values[0] <= MAX_VALUE:
+        return None
+    return pieces, values[0]
 
 
 def _parse_solution(solution: str) -> tuple[list[str], int]:
