@@ -134,6 +134,16 @@ class AlgorithmConfig:
     luffy_divide_by_std: bool = False
     # QuestA: the hint is this share of the characters of the expert's final solution.
     hint_fraction: float = 0.5
+    # QuestA's curriculum (its authors' partial_50 then partial_50_25 runs): from step
+    # later_hint_step on, hints are later_hint_fraction of the solution instead. The authors
+    # switched where the policy's entropy began to fall; null keeps one stage.
+    later_hint_fraction: float = 0.25
+    later_hint_step: int | None = None
+    # QuestA trains on hard problems only (mentor_ray.data.hard_problems): the starting policy
+    # samples hint_select_samples responses per problem and one solved more than
+    # hint_select_max_correct times is left out (the authors: at most 1 of 8). null: every problem.
+    hint_select_samples: int = 8
+    hint_select_max_correct: int | None = 1
     # QuestA: a shorter hint is not given (the problem keeps its plain prompt).
     min_hint_chars: int = 10
     # QuestA: what the hint is cut from: the expert's final solution, the text after </think>
@@ -161,6 +171,15 @@ class AlgorithmConfig:
             _problem(errors, f"{prefix}.shaping_gamma", self.shaping_gamma, "must be > 0")
         if not 0 < self.hint_fraction <= 1:
             _problem(errors, f"{prefix}.hint_fraction", self.hint_fraction, "must be in (0, 1]")
+        if not 0 < self.later_hint_fraction <= 1:
+            _problem(errors, f"{prefix}.later_hint_fraction", self.later_hint_fraction, "must be in (0, 1]")
+        if self.later_hint_step is not None and self.later_hint_step < 1:
+            _problem(errors, f"{prefix}.later_hint_step", self.later_hint_step, "must be >= 1 (or null: one stage)")
+        if self.hint_select_samples < 1:
+            _problem(errors, f"{prefix}.hint_select_samples", self.hint_select_samples, "must be >= 1")
+        if self.hint_select_max_correct is not None and not 0 <= self.hint_select_max_correct < self.hint_select_samples:
+            _problem(errors, f"{prefix}.hint_select_max_correct", self.hint_select_max_correct,
+                     f"must be in 0..hint_select_samples - 1 ({self.hint_select_samples - 1}), or null to keep every problem")
         if self.min_hint_chars < 0:
             _problem(errors, f"{prefix}.min_hint_chars", self.min_hint_chars, "must be >= 0")
         if self.expert_trace_samples < 1:

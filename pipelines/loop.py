@@ -152,6 +152,9 @@ class LoopInputs:
     # problem id -> (response token ids, text) of its stored expert trace, for a method whose
     # groups hold one (LUFFY); empty otherwise.
     expert_traces: dict[str, tuple[list[int], str]] = field(default_factory=dict)
+    # (first step, problems): the same problems, in the same order, prompted differently from
+    # that step on (QuestA's shorter hints); None: train_problems throughout.
+    later_train_problems: tuple[int, list[TokenizedProblem]] | None = None
     # The user's resume point for a new run; Ray Train's own checkpoint wins after a restart.
     resume_from: str | None = None
     driver: dict[str, Any] | None = None  # the driver's whereabouts, for the placement record
@@ -216,7 +219,7 @@ class TrainingLoop:
         self.in_flight: RolloutInFlight | None = None  # the next step's rollout (rank 0, with overlap)
         self.make_rollout = StepRolloutMaker(
             self.config, self.method, self.roles, self.schedule, inputs.train_problems, inputs.expert_traces,
-            rollout_batch_prompts(self.config),
+            rollout_batch_prompts(self.config), inputs.later_train_problems,
         )
         # Put once: the in-flight rollout task of every step reads the problems from here.
         self.make_rollout_ref = ray.put(self.make_rollout) if self.is_chief and self.config.rollout.max_staleness > 0 else None

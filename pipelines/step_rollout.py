@@ -62,10 +62,17 @@ class StepRolloutMaker:
     # problem id -> (response token ids, text) of its stored expert trace (LUFFY); else empty.
     expert_traces: dict[str, tuple[list[int], str]]
     prompts_per_batch: int
+    # (first step, problems) of a later stage (QuestA's curriculum), else None.
+    later_problems: tuple[int, list[TokenizedProblem]] | None = None
+
+    def problems_for_step(self, step: int) -> list[TokenizedProblem]:
+        if self.later_problems is not None and step >= self.later_problems[0]:
+            return self.later_problems[1]
+        return self.problems
 
     def __call__(self, step: int, entropy_threshold: float, weights_version: int) -> PreparedRollout:
         """Generates, grades and scores `step`'s samples on the engines holding `weights_version`."""
-        config, problems = self.config, self.problems
+        config, problems = self.config, self.problems_for_step(step)
         alpha = guidance_alpha(step, config.guidance.alpha_0, config.guidance.decay_steps)
         prompts = [
             PromptRecord(position, problems[i].problem_id, problems[i].answer, problems[i].prompt_token_ids,

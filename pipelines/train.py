@@ -8,6 +8,7 @@ instance, on CPU (`pipelines/recipes/toy_mentor.yaml`). On a cluster, submit it 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -233,9 +234,29 @@ class StagingMirror:
         self._thread.join(timeout=60)
 
 
-def _training_problems(config, paths, tokenizer, say) -> tuple[list, dict[str, float], dict[str, tuple[list[int], str]]]:
-    """The tokenized training problems as the method wants them, their counts, and the stored
-    expert trace of each problem for a method that puts one in its groups. A method that needs
+def _later_hinted_problems(config, paths, tokenizer, traces, problems, say, selected=None) -> tuple[int, list] | None:
+    """QuestA's second stage: (its first step, the same problems in the same order with
+    algorithm.later_hint_fraction hints), or None for one stage. Which problems are kept does
+    not depend on the fraction (a short or too long hint keeps the plain prompt in place), so
+    the prompt schedule's indices mean the same problems in both stages."""
+    from mentor_ray.data.hints import hinted_tokenized_problems
+
+    if config.algorithm.later_hint_step is None:
+        return None
+    later_config = dataclasses.replace(config, algorithm=dataclasses.replace(
+        config.algorithm, hint_fraction=config.algorithm.later_hint_fraction))
+    later, _ = hinted_tokenized_problems(later_config, paths, tokenizer, traces, say, selected)
+    if [p.problem_id for p in later] != [p.problem_id for p in problems]:
+        raise RuntimeError("QuestA's two hint stages kept different problems")  # hints.py keeps them alike
+    say(f"[data] questa: hints of {config.algorithm.hint_fraction:.0%} of the solution until step "
+        f"{config.algorithm.later_hint_step - 1}, then {config.algorithm.later_hint_fraction:.0%}")
+    return config.algorithm.later_hint_step, later
+
+
+def _training_problems(config, paths, tokenizer, say) -> tuple[list, dict[str, float], dict[str, tuple[list[int], str]], tuple[int, list] | None]:
+    """The tokenized training problems as the method wants them, their counts, the stored
+    expert trace of each problem for a method that puts one in its groups, and a later stage's
+    problems (QuestA's curriculum: its first step and the problems). A method that needs
     expert traces builds them first (or reuses the stored ones: mentor_ray.data.expert_traces)."""
     from mentor_ray.core.methods import method_for
     from mentor_ray.data.run_inputs import load_tokenized_problems
@@ -249,11 +270,22 @@ def _training_problems(config, paths, tokenizer, say) -> tuple[list, dict[str, f
     if method.hinted_prompts:
         from mentor_ray.data.hints import hinted_tokenized_problems
 
-        problems, counts = hinted_tokenized_problems(config, paths, tokenizer, traces, say)
-    else:
-        problems, counts = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train", say=say)
+        selected = None
+        if config.algorithm.hint_select_max_correct is not None:
+            from mentor_ray.data.hard_problems import policy_pass_counts
+
+            selected = policy_pass_counts(config, paths, say).hard(config.algorithm.hint_select_max_correct)
+        problems, counts = hinted_tokenized_problems(config, paths, tokenizer, traces, say, selected)
+        if not problems:
+            from mentor_ray.config import ConfigError
+
+            raise ConfigError(f"QuestA has no problem to train on: the starting policy solves every problem more than "
+                              f"algorithm.hint_select_max_correct={config.algorithm.hint_select_max_correct} times, or none "
+                              "has a correct expert trace")
+        return problems, counts, {}, _later_hinted_problems(config, paths, tokenizer, traces, problems, say, selected)
+    problems, counts = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train", say=say)
     if not method.expert_traces_per_group:
-        return problems, counts, {}
+        return problems, counts, {}, None
     # A group's expert slot needs a correct trace: problems without one are left out, as LUFFY's
     # own data keeps only problems with a verified expert solution.
     kept = [p for p in problems if p.problem_id in traces]
@@ -266,7 +298,7 @@ def _training_problems(config, paths, tokenizer, say) -> tuple[list, dict[str, f
 
         raise ConfigError("no training problem has a correct expert trace: raise algorithm.expert_trace_samples or check the expert")
     counts["data/train_problems"] = len(kept)
-    return kept, counts, {p.problem_id: (list(traces[p.problem_id].token_ids), traces[p.problem_id].text) for p in kept}
+    return kept, counts, {p.problem_id: (list(traces[p.problem_id].token_ids), traces[p.problem_id].text) for p in kept}, None
 
 
 def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, hooks, started) -> RunSummary:
@@ -291,7 +323,7 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, h
     from pipelines.roles import build_rollout_roles, process_whereabouts
 
     tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
-    train_problems, data_counts, expert_traces = _training_problems(config, paths, tokenizer, console.say)
+    train_problems, data_counts, expert_traces, later_train_problems = _training_problems(config, paths, tokenizer, console.say)
     eval_problems = []
     if paths.eval_path and config.eval.every_steps:
         eval_problems, eval_counts = load_tokenized_problems(
@@ -314,7 +346,7 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, h
             train_loop_config={
                 "inputs": LoopInputs(
                     config=config.to_dict(), paths=paths, roles=roles, train_problems=train_problems,
-                    eval_problems=eval_problems, expert_traces=expert_traces,
+                    eval_problems=eval_problems, expert_traces=expert_traces, later_train_problems=later_train_problems,
                     resume_from=str(resume_from) if resume_from else None, driver=process_whereabouts(),
                     console=console_lines,
                 ),

@@ -71,6 +71,11 @@ def test_int_is_accepted_for_float():
         (["algorithm.method=luffy", "rollout.n_mixed=0", "algorithm.shaping_gamma=0"], ["algorithm.shaping_gamma=0", "> 0"]),
         (["algorithm.hint_fraction=1.5"], ["algorithm.hint_fraction=1.5", "(0, 1]"]),
         (["algorithm.expert_trace_samples=0"], ["algorithm.expert_trace_samples=0", ">= 1"]),
+        # QuestA as its authors run it (issue 30): hard problems only, then shorter hints.
+        (["algorithm.hint_select_max_correct=8"], ["algorithm.hint_select_max_correct=8", "0..hint_select_samples - 1 (7)"]),
+        (["algorithm.hint_select_samples=0"], ["algorithm.hint_select_samples=0", ">= 1"]),
+        (["algorithm.later_hint_fraction=0"], ["algorithm.later_hint_fraction=0", "(0, 1]"]),
+        (["algorithm.later_hint_step=0"], ["algorithm.later_hint_step=0", ">= 1 (or null: one stage)"]),
         # How weights reach the engines (issue 29).
         (["sync.transport=nccl"], ["sync.transport='nccl'", "one of ['object_store', 'collective']"]),
         (["sync.bucket_mb=0"], ["sync.bucket_mb=0", "> 0"]),

@@ -163,3 +163,33 @@ def test_a_file_cut_short_is_made_again_with_a_given_engine(first_build, tmp_pat
     again = build_expert_traces(config, paths, say=said.append, engine=_BoxedThree())
     assert again.reused is False and again.traces == built.traces
     assert "cannot be used (" in said[0] and len(location.read_text().splitlines()) == len(threes)
+
+
+def test_questa_keeps_only_the_problems_the_starting_policy_seldom_solves(first_build):
+    """QuestA's selection (mentor_ray.data.hard_problems), with the real toy policy on the real
+    engine: 8 samples of each of the 24 problems, graded; the unsolvable one is never solved; a
+    problem solved more than once is dropped from QuestA's prompts and counted; a second call
+    reads the stored counts."""
+    from transformers import AutoTokenizer
+
+    from mentor_ray.data.hard_problems import counts_location, policy_pass_counts
+    from mentor_ray.data.hints import hinted_tokenized_problems
+
+    root, train, _, _, built, _, _ = first_build
+    config = _config(root, train, "algorithm.method=questa", "algorithm.hint_from=whole_response")
+    paths = resolve_run_paths(config, str(root))
+    said: list[str] = []
+    counts = policy_pass_counts(config, paths, say=said.append)
+    assert counts.reused is False and counts.samples == 8 and len(counts.correct) == PROBLEMS
+    assert all(0 <= n <= 8 for n in counts.correct.values()) and counts.correct[UNSOLVABLE] == 0
+    # The toy policy's sampled accuracy is 0.30 (its world's report): the mean over 192 samples
+    # lies within 0.12-0.50 (more than 5 standard deviations of a binomial either side).
+    assert 0.12 <= sum(counts.correct.values()) / (8 * PROBLEMS) <= 0.50, counts.correct
+    hard = counts.hard(1)
+    assert UNSOLVABLE in hard and hard == {p for p, n in counts.correct.items() if n <= 1} and len(hard) < PROBLEMS
+    again = policy_pass_counts(config, paths, say=said.append)
+    assert again.reused is True and again.correct == counts.correct and again.location == counts_location(config, paths)
+    tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
+    problems, metrics = hinted_tokenized_problems(config, paths, tokenizer, built.traces, lambda _: None, hard)
+    assert {p.problem_id for p in problems} == hard & set(built.traces)
+    assert metrics["data/questa_dropped_easy"] == PROBLEMS - len(hard)

@@ -132,7 +132,49 @@ def test_hinted_tokenized_problems_falls_back_to_plain_when_the_hint_is_too_long
         "data/questa_hint_chars_mean": 11.0,
         "data/questa_dropped_answer_missing": 1.0,
         "data/questa_dropped_no_trace": 1.0,
+        "data/questa_dropped_easy": 0.0,
         "data/questa_plain_short_prefix": 1.0,
         "data/questa_plain_hint_too_long": 1.0,
     }
     assert any("questa: 1 of 3 problems hinted" in line for line in said)
+
+
+def test_questa_curriculum_keeps_the_problems_and_shortens_their_hints_from_its_step(toy_world, tmp_path):
+    """QuestA's second stage (its authors' 50% then 25%): the same problems in the same order,
+    each hint a quarter of the solution instead of half, given from algorithm.later_hint_step on;
+    a hint that becomes too short keeps the plain prompt in place."""
+    from transformers import AutoTokenizer
+
+    from mentor_ray.config import load_config
+    from mentor_ray.data.run_inputs import resolve_run_paths
+    from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
+    from pipelines.step_rollout import StepRolloutMaker
+    from pipelines.train import _later_hinted_problems
+
+    train = tmp_path / "train.jsonl"
+    rows = [{"problem_id": f"p{i}", "problem": f"Compute {i}+1", "answer": str(i + 1)} for i in range(3)]
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    traces = {"p0": "<think>0+1=1</think> one plus zero is one, so \\boxed{1}",
+              "p1": "<think>1+1=2</think> adding one to one gives two, and so \\boxed{2}",
+              "p2": "\\boxed{7}"}  # answer missing: dropped in both stages
+    config = load_config(None, [f"logging.run_root={tmp_path}", "algorithm.method=questa", "rollout.n_mixed=0",
+                                "algorithm.later_hint_step=3"],
+                         values={"data.train_path": str(train), "data.id_field": "problem_id", "data.system_prompt": TOY_SYSTEM_PROMPT})
+    paths = resolve_run_paths(config, str(tmp_path))
+    tokenizer = AutoTokenizer.from_pretrained(paths.policy_dir)
+    said = []
+    first, _ = hinted_tokenized_problems(config, paths, tokenizer, traces, say=said.append)
+    switch_step, later = _later_hinted_problems(config, paths, tokenizer, traces, first, said.append)
+    assert switch_step == 3 and [p.problem_id for p in later] == [p.problem_id for p in first] == ["p0", "p1"]
+    texts = [[tokenizer.decode(p.prompt_token_ids) for p in stage] for stage in (first, later)]
+    halves = [hint_prefix(final_solution(traces[p]), 0.5) for p in ("p0", "p1")]
+    quarters = [hint_prefix(final_solution(traces[p]), 0.25) for p in ("p0", "p1")]
+    assert len(quarters[0]) < 10 <= len(quarters[1])
+    assert f"\n{halves[0]}<|end|>" in texts[0][0] and "Hint" not in texts[1][0]  # too short at 25%: plain
+    assert f"\n{halves[1]}<|end|>" in texts[0][1] and f"\n{quarters[1]}<|end|>" in texts[1][1]
+    assert "then 25%" in said[-1]
+    maker = StepRolloutMaker(config, None, None, None, first, {}, 8, (switch_step, later))
+    assert [maker.problems_for_step(step) is later for step in (1, 2, 3, 40)] == [False, False, True, True]
+    one_stage = load_config(None, [f"logging.run_root={tmp_path}", "algorithm.method=questa", "rollout.n_mixed=0"],
+                            values={"data.train_path": str(train), "data.id_field": "problem_id"})
+    assert _later_hinted_problems(one_stage, paths, tokenizer, traces, first, said.append) is None

