@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mentor_ray import storage
-from mentor_ray.habits import habit_names, habit_rates
+from mentor_ray.habits import habit_counts, habit_names, habit_rates
 from mentor_ray.timeline import ROLES, covered_seconds
 from mentor_ray.rollout.rows import RolloutRow
 
@@ -77,7 +77,7 @@ STEP_METRICS = frozenset(
 )
 # Families whose last part varies: habits per kind of sample, grading statuses, validation modes.
 STEP_METRIC_PATTERNS = (
-    re.compile(rf"habits/(on_policy|mixed|expert_trace)_({'|'.join(habit_names())})"),
+    re.compile(rf"habits/(on_policy|mixed|expert_trace)_({'|'.join(habit_names())}|accuracy_with_useful|accuracy_without_useful)"),
     re.compile(r"reward/grading_\w+"),
     re.compile(r"val/(greedy|sampled)_\w+"),
     re.compile(r"time/validate_(greedy|sampled)_seconds"),
@@ -118,6 +118,13 @@ def rollout_metrics(rows: list[RolloutRow]) -> dict[str, float]:
         metrics[f"rollout/{label}_format_rate"] = _mean(row["format"] for row in group)
         metrics[f"rollout/{label}_response_length"] = _mean(len(row["response_token_ids"]) for row in group)
         metrics.update({f"habits/{label}_{name}": rate for name, rate in habit_rates(row["response_text"] for row in group).items()})
+        # Whether the useful habits pay: accuracy of this kind's responses with one and without.
+        with_useful = [row["accuracy"] for row in group if habit_counts(row["response_text"])["useful"] > 0]
+        without_useful = [row["accuracy"] for row in group if habit_counts(row["response_text"])["useful"] == 0]
+        if with_useful:
+            metrics[f"habits/{label}_accuracy_with_useful"] = _mean(with_useful)
+        if without_useful:
+            metrics[f"habits/{label}_accuracy_without_useful"] = _mean(without_useful)
     metrics["rollout/reward"] = _mean(row["reward"] for row in rows)
     metrics["rollout/accuracy"] = _mean(row["accuracy"] for row in rows)
     metrics["rollout/format_rate"] = _mean(row["format"] for row in rows)

@@ -107,6 +107,9 @@ def test_expert_signal_counts_trace_tokens_whole_and_mixed_tokens_by_the_mixture
     assert m["signal/expert_positive_rows_per_prompt"] == 1.0
     assert expert_signal_metrics([_row(0, advantage=1.0)], {}) == {}  # GRPO: no expert rows
     assert all(is_step_metric(name) for name in m)
-    habits = rollout_metrics([_row(0, text=EXPERT_STYLE), _row(0, mixed=True, text=POLICY_STYLE)])
-    assert habits["habits/on_policy_check"] == 1.0 and habits["habits/on_policy_filler"] == 2.0
-    assert habits["habits/mixed_useful"] == 0.0
+    wrong = {**_row(0, text=POLICY_STYLE), "accuracy": 0.0}
+    habits = rollout_metrics([_row(0, text=EXPERT_STYLE), wrong, _row(0, mixed=True, text=POLICY_STYLE)])
+    assert habits["habits/on_policy_check"] == 0.5 and habits["habits/on_policy_filler"] == 1.0
+    assert habits["habits/on_policy_accuracy_with_useful"] == 1.0 and habits["habits/on_policy_accuracy_without_useful"] == 0.0
+    assert habits["habits/mixed_useful"] == 0.0 and "habits/mixed_accuracy_with_useful" not in habits
+    assert all(is_step_metric(name) for name in habits)
