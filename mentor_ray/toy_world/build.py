@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mentor_ray.toy_world.task import (
+    CHECK_WORD,
+    FILLER_WORDS,
     generate_problems,
     stop_at_a_boundary,
     stop_one_step_early,
@@ -122,6 +124,8 @@ class ToyWorldRecipe:
     train_problems: int = 2_000
     eval_problems: int = 256
     max_position_embeddings: int = 512
+    # Words the tokenizer makes one token each (tokenizer.build_toy_tokenizer); empty: none.
+    word_tokens: tuple[str, ...] = ()
     expert: ModelRecipe = field(
         default_factory=lambda: ModelRecipe(
             hidden_size=96, num_layers=3, num_attention_heads=3, num_key_value_heads=1,
@@ -153,6 +157,8 @@ _LATER_MODEL_FIELDS = {
 def hashed_form(recipe: dict) -> dict:
     """A recipe (as JSON data) with each later model field dropped where it holds its default."""
     form = dict(recipe)
+    if not form.get("word_tokens"):  # added after worlds were shipped, like the model fields below
+        form.pop("word_tokens", None)
     for name in ("expert", "policy"):
         if name in form:
             form[name] = {
@@ -206,6 +212,9 @@ def _hesitant_world() -> ToyWorldRecipe:
 
 
 HABITS_SLIP_RATE = 0.3
+# One token each, as such words are in a real model's vocabulary (a first build spelled them out
+# character by character: MENTOR's mixture then broke every habit after its first character).
+HABIT_WORD_TOKENS = tuple(f" {word}" for word in (CHECK_WORD, *FILLER_WORDS))
 HABITS_FILLER_RATE = 0.5
 
 
@@ -224,6 +233,7 @@ def _habits_world() -> ToyWorldRecipe:
     default = ToyWorldRecipe()
     return dataclasses.replace(
         default,
+        word_tokens=HABIT_WORD_TOKENS,
         expert=dataclasses.replace(
             default.expert, sft_steps=2000, swap_rate=0.0,
             slip_rate=HABITS_SLIP_RATE, checks_products=True, filler_rate=HABITS_FILLER_RATE,
@@ -455,7 +465,7 @@ def _build_with_torch(root: Path, recipe: ToyWorldRecipe, log: Callable[[str], N
     world = ToyWorld.at(root, report={})
     root.mkdir(parents=True)
     log(f"[toy-world] building {root} (recipe {recipe.digest()})")
-    tokenizer = save_toy_tokenizer(world.tokenizer_dir)
+    tokenizer = save_toy_tokenizer(world.tokenizer_dir, recipe.word_tokens)
     datasets = make_datasets(recipe)
     _write_jsonl(world.train_path, datasets["train"])
     _write_jsonl(world.eval_path, datasets["eval"])

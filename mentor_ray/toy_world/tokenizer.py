@@ -53,7 +53,7 @@ def _byte_level_symbol(character: str) -> str:
     return bytes_to_unicode()[ord(character)]
 
 
-def build_toy_tokenizer() -> PreTrainedTokenizerFast:
+def build_toy_tokenizer(word_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """The tokenizer in memory (ids: specials first, then markers, then characters).
 
     It is a ``Qwen2Tokenizer`` (byte-level BPE) with an empty merge list, which makes it
@@ -61,6 +61,12 @@ def build_toy_tokenizer() -> PreTrainedTokenizerFast:
     config.json says ``model_type: qwen2`` as ``Qwen2Tokenizer`` whatever tokenizer_config.json
     names, rebuilding the pipeline from the vocabulary (vLLM does the same). A tokenizer of any
     other shape would silently change there (a generic character tokenizer lost its spaces).
+
+    word_tokens: whole words made one token each, after every other id (the habits world's
+    `` check``, `` okay``, `` wait``, leading space included): in a real model's vocabulary these
+    words are single tokens, and a word spelled out character by character is a habit that
+    MENTOR's token-level mixture can start but not finish (the policy, sure of itself after an
+    unfamiliar first character, takes the rest over: benchmarks/RESULTS.md).
     """
     vocab: dict[str, int] = {}
     for token in (*SPECIAL_TOKENS, *MARKER_TOKENS):
@@ -81,13 +87,15 @@ def build_toy_tokenizer() -> PreTrainedTokenizerFast:
     tokenizer.add_special_tokens({"additional_special_tokens": list(ROLE_TOKENS)})
     # Ordinary (non-special) added tokens: kept when decoding with skip_special_tokens.
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in MARKER_TOKENS])
+    if word_tokens:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in word_tokens])
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def save_toy_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
+def save_toy_tokenizer(directory: str | Path, word_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """Writes the tokenizer folder (tokenizer.json, tokenizer_config.json, chat template)."""
-    tokenizer = build_toy_tokenizer()
+    tokenizer = build_toy_tokenizer(tuple(word_tokens))
     tokenizer.save_pretrained(str(directory))
     return tokenizer
 
