@@ -129,3 +129,28 @@ def test_the_habit_words_are_one_token_each_and_every_other_id_is_unchanged():
     assert [p for p in pieces if p.strip() in ("check", "okay", "wait")] == [" check", " okay", " wait"]
     # Spelled out, " check" is 6 tokens and " okay", " wait" 5 each.
     assert len(plain(EXPERT_STYLE, add_special_tokens=False)["input_ids"]) == len(ids) + 5 + 4 + 4
+
+
+def test_the_pre_registered_predictions_are_judged_by_their_stated_numbers():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from habits_predictions import judged
+
+    numbers = {"final_val_accuracy": 0.60, "grpo_final_val_accuracy": 0.50, "luffy_final_val_accuracy": 0.62,
+               "questa_final_val_accuracy": 0.40,
+               "mentor_useful_end_of_guidance": 0.37, "mentor_filler_end_of_guidance": 0.073,  # shares 0.5, 0.1
+               "mentor_useful_final": 0.148, "mentor_filler_final": 0.146,  # shares 0.2, 0.2: no selectivity
+               "luffy_useful_final": 0.74, "luffy_filler_final": 0.73,
+               "grpo_useful_final": 0.0, "grpo_filler_final": 0.0, "questa_useful_final": 0.06, "questa_filler_final": 0.0,
+               "mentor_response_length_first": 20.0, "mentor_response_length_peak": 30.0, "mentor_response_length_final": 28.0,
+               "grpo_response_length_first": 20.0, "grpo_response_length_final": 21.0}
+    verdicts = {name.split(" (")[0] if name.startswith("1.") else name: holds for name, _, holds in judged(numbers)}
+    assert [holds for name, _, holds in judged(numbers) if name.startswith("1.")] == [True, False]
+    assert verdicts["2a. LUFFY filler share >= half its useful share"] and not verdicts["2b. MENTOR's difference > LUFFY's"]
+    assert verdicts["3. grpo: useful and filler < 0.05 per response"] and not verdicts["3. questa: useful and filler < 0.05 per response"]
+    assert verdicts["4a. MENTOR's length peaks >= 1.1x step 1"]
+    assert not verdicts["4b. ... and ends below the peak by >= a quarter of the rise"]  # 28 > 30 - 10 / 4
+    assert verdicts["4c. GRPO's length within 10% of step 1"]
+    assert [verdicts[f"5. final val, MENTOR - {m}"] for m in ("grpo >= +0.05", "luffy > 0", "questa > 0")] == [True, False, True]
