@@ -120,15 +120,15 @@ def test_the_habit_words_are_one_token_each_and_every_other_id_is_unchanged():
     from mentor_ray.toy_world.tokenizer import build_toy_tokenizer
 
     plain, with_words = build_toy_tokenizer(), build_toy_tokenizer(HABIT_WORD_TOKENS)
-    assert TOY_WORLDS["habits"].word_tokens == HABIT_WORD_TOKENS == (" check", " okay", " wait")
+    assert TOY_WORLDS["habits"].word_tokens == HABIT_WORD_TOKENS == (" check ", " okay", " wait")
     assert len(with_words) == len(plain) + 3
     assert {token: i for token, i in with_words.get_vocab().items() if i < len(plain)} == plain.get_vocab()
     ids = with_words(EXPERT_STYLE, add_special_tokens=False)["input_ids"]
     pieces = [with_words.decode([i]) for i in ids]
     assert with_words.decode(ids) == EXPERT_STYLE
-    assert [p for p in pieces if p.strip() in ("check", "okay", "wait")] == [" check", " okay", " wait"]
-    # Spelled out, " check" is 6 tokens and " okay", " wait" 5 each.
-    assert len(plain(EXPERT_STYLE, add_special_tokens=False)["input_ids"]) == len(ids) + 5 + 4 + 4
+    assert [p for p in pieces if p.strip() in ("check", "okay", "wait")] == [" check ", " okay", " wait"]
+    # Spelled out, " check " is 7 tokens and " okay", " wait" 5 each.
+    assert len(plain(EXPERT_STYLE, add_special_tokens=False)["input_ids"]) == len(ids) + 6 + 4 + 4
 
 
 def test_the_pre_registered_predictions_are_judged_by_their_stated_numbers():

@@ -214,7 +214,9 @@ def _hesitant_world() -> ToyWorldRecipe:
 HABITS_SLIP_RATE = 0.3
 # One token each, as such words are in a real model's vocabulary (a first build spelled them out
 # character by character: MENTOR's mixture then broke every habit after its first character).
-HABIT_WORD_TOKENS = tuple(f" {word}" for word in (CHECK_WORD, *FILLER_WORDS))
+# The check's token holds the space after it too: after a space this policy has only ever written
+# "\boxed{", a reflex that cut every check in a second build right after the word (RESULTS.md).
+HABIT_WORD_TOKENS = (f" {CHECK_WORD} ", *(f" {word}" for word in FILLER_WORDS))
 HABITS_FILLER_RATE = 0.5
 
 
