@@ -127,11 +127,10 @@ def data_fingerprint(config: MentorConfig, train_path: str) -> dict[str, Any]:
     return fingerprint
 
 
-def traces_fingerprint(config: MentorConfig, paths: RunPaths) -> dict[str, Any]:
-    """Everything the traces depend on; `traces_location` names the file by its hash."""
+def sampling_fingerprint(config: MentorConfig, paths: RunPaths) -> dict[str, Any]:
+    """What any prepared sampling of the training problems depends on besides the model, the
+    sample count and the seed: the data, the prompt and the sampling settings."""
     return {
-        "format": TRACES_FORMAT,
-        "expert": _expert_fingerprint(config, expert_model_dir(config, paths)),
         "train_data": data_fingerprint(config, paths.train_path),
         "system_prompt": paths.system_prompt,
         "max_prompt_tokens": config.data.max_prompt_tokens,
@@ -139,6 +138,15 @@ def traces_fingerprint(config: MentorConfig, paths: RunPaths) -> dict[str, Any]:
         "temperature": config.rollout.temperature,
         "top_p": config.rollout.top_p,
         "dtype": config.model.dtype,
+    }
+
+
+def traces_fingerprint(config: MentorConfig, paths: RunPaths) -> dict[str, Any]:
+    """Everything the traces depend on; `traces_location` names the file by its hash."""
+    return {
+        "format": TRACES_FORMAT,
+        "expert": _expert_fingerprint(config, expert_model_dir(config, paths)),
+        **sampling_fingerprint(config, paths),
         "samples": config.algorithm.expert_trace_samples,
         "seed": config.algorithm.expert_trace_seed,
     }

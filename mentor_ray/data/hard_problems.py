@@ -24,7 +24,7 @@ from typing import Any
 
 from mentor_ray import storage
 from mentor_ray.config import MentorConfig
-from mentor_ray.data.expert_traces import data_fingerprint, engine_on, graded_samples, model_fingerprint, traces_folder
+from mentor_ray.data.expert_traces import engine_on, graded_samples, model_fingerprint, sampling_fingerprint, traces_folder
 from mentor_ray.data.run_inputs import RunPaths, load_tokenized_problems
 
 COUNTS_FORMAT = 1
@@ -48,13 +48,7 @@ def pass_counts_fingerprint(config: MentorConfig, paths: RunPaths) -> dict[str, 
     return {
         "format": COUNTS_FORMAT,
         "policy": model_fingerprint(config.model.policy_path, paths.policy_dir),
-        "train_data": data_fingerprint(config, paths.train_path),
-        "system_prompt": paths.system_prompt,
-        "max_prompt_tokens": config.data.max_prompt_tokens,
-        "max_response_tokens": config.rollout.max_response_tokens,
-        "temperature": config.rollout.temperature,
-        "top_p": config.rollout.top_p,
-        "dtype": config.model.dtype,
+        **sampling_fingerprint(config, paths),
         "samples": config.algorithm.hint_select_samples,
         "seed": config.algorithm.expert_trace_seed,
     }

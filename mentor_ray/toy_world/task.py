@@ -77,15 +77,23 @@ def evaluate_stepwise(operands: list[int], operators: list[str]) -> WorkedExpres
         steps.append(f"{values[i]}*{values[i + 1]}={result}")
         values[i : i + 2] = [result]
         del ops[i]
+    if not _add_and_subtract(values, ops, steps):
+        return None
+    return WorkedExpression(text=text, steps=tuple(steps), value=values[0])
+
+
+def _add_and_subtract(values: list[int], ops: list[str], steps: list[str]) -> bool:
+    """Works the remaining + and - left to right, appending one step each; False when a value
+    leaves 0..MAX_VALUE. `values` ends as the one result."""
     while ops:
         a, op, b = values[0], ops[0], values[1]
         result = a + b if op == "+" else a - b
         if not 0 <= result <= MAX_VALUE:
-            return None
+            return False
         steps.append(f"{a}{op}{b}={result}")
         values[0:2] = [result]
         del ops[0]
-    return WorkedExpression(text=text, steps=tuple(steps), value=values[0])
+    return True
 
 
 def format_solution(steps: tuple[str, ...], answer: int, separators: tuple[str, ...] = ()) -> str:
@@ -161,15 +169,7 @@ def _worked_with_slips(operands: list[int], operators: list[str], slips: list[bo
         values[i : i + 2] = [written]
         del ops[i]
         product += 1
-    while ops:
-        a, op, b = values[0], ops[0], values[1]
-        result = a + b if op == "+" else a - b
-        if not 0 <= result <= MAX_VALUE:
-            return None
-        pieces.append(f"{a}{op}{b}={result}")
-        values[0:2] = [result]
-        del ops[0]
-    if not 0 <= values[0] <= MAX_VALUE:
+    if not _add_and_subtract(values, ops, pieces) or not 0 <= values[0] <= MAX_VALUE:
         return None
     return pieces, values[0]
 
