@@ -432,6 +432,12 @@ def test_every_named_world_is_shipped_intact_and_its_policy_rarely_finishes():
     hesitant = shipped_world(TOY_WORLDS["hesitant"]).report
     assert hesitant["policy"]["sampled_early_stop_rate"] >= 0.95 and hesitant["policy"]["greedy_early_stop_rate"] == 1.0
     assert hesitant["expert"]["sampled_early_stop_rate"] <= 0.01 and hesitant["expert"]["sampled_accuracy"] >= 0.4
+    # The habits world: the expert carries both habits when sampled, the policy neither, and the
+    # expert (which checks its products) is right more often.
+    habits = shipped_world(TOY_WORLDS["habits"]).report
+    assert habits["expert"]["sampled_habits"]["check"] >= 0.5 and habits["expert"]["sampled_habits"]["filler"] >= 0.5
+    assert habits["policy"]["sampled_habits"]["useful"] == habits["policy"]["sampled_habits"]["filler"] == 0
+    assert habits["expert"]["sampled_accuracy"] > habits["policy"]["sampled_accuracy"] + 0.1
 
 
 def _next_token_at_the_first_boundary(model_dir, problems):
