@@ -20,8 +20,8 @@ import torch
 
 from mentor_ray import storage
 from mentor_ray.habits import habit_counts, habit_names, habit_rates
-from mentor_ray.timeline import ROLES, covered_seconds
 from mentor_ray.rollout.rows import RolloutRow
+from mentor_ray.timeline import ROLES, covered_seconds
 
 METRICS_FILE = "metrics.jsonl"
 

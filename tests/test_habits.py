@@ -9,9 +9,20 @@ import pytest
 
 from mentor_ray.habits import HABITS, habit_counts, habit_names, habit_rates
 from mentor_ray.metrics import expert_signal_metrics, is_step_metric, rollout_metrics
-from mentor_ray.toy_world.build import HABITS_FILLER_RATE, HABITS_SLIP_RATE, TOY_WORLDS, make_datasets
+from mentor_ray.toy_world.build import (
+    HABITS_FILLER_RATE,
+    HABITS_SLIP_RATE,
+    TOY_WORLDS,
+    make_datasets,
+)
 from mentor_ray.toy_world.evaluate import is_correct, stops_early, swapped_steps
-from mentor_ray.toy_world.task import evaluate_stepwise, generate_problems, parse_problem, split_steps, write_with_habits
+from mentor_ray.toy_world.task import (
+    evaluate_stepwise,
+    generate_problems,
+    parse_problem,
+    split_steps,
+    write_with_habits,
+)
 
 # Responses as the habits world's models write them, and as a real reasoner might.
 EXPERT_STYLE = "<think>7*8=55 check 7*8=56 okay,56-3=53 wait;53+2=55</think> \\boxed{55}"

@@ -24,7 +24,13 @@ from typing import Any
 
 from mentor_ray import storage
 from mentor_ray.config import MentorConfig
-from mentor_ray.data.expert_traces import engine_on, graded_samples, model_fingerprint, sampling_fingerprint, traces_folder
+from mentor_ray.data.expert_traces import (
+    engine_on,
+    graded_samples,
+    model_fingerprint,
+    sampling_fingerprint,
+    traces_folder,
+)
 from mentor_ray.data.run_inputs import RunPaths, load_tokenized_problems
 
 COUNTS_FORMAT = 1

@@ -508,7 +508,12 @@ def _train_and_save(name, model_recipe: ModelRecipe, recipe: ToyWorldRecipe, tok
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
     from mentor_ray.habits import habit_rates
-    from mentor_ray.toy_world.evaluate import early_stop_rate, generate_responses, score_responses, stops_early
+    from mentor_ray.toy_world.evaluate import (
+        early_stop_rate,
+        generate_responses,
+        score_responses,
+        stops_early,
+    )
     from mentor_ray.toy_world.sft import SFTConfig, train_sft
 
     started = time.perf_counter()
