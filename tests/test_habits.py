@@ -3,6 +3,7 @@ the per-step expert signal (metrics.expert_signal_metrics), on hand-written resp
 
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -66,6 +67,7 @@ def test_the_habits_world_writes_its_stated_rates_and_the_check_repairs_every_sl
         assert is_correct(checked, problem["answer"]), checked
         counts = habit_counts(checked)
         assert counts["check"] == operators.count("*") and counts["verify"] == 0
+        assert all(eval_product(step) for step in re.findall(r"check (\d+\*\d+=\d+)", checked)), checked  # every check is right
         steps = split_steps(checked[len("<think>"):checked.index("</think>")])
         slipped = [s for s in steps if "*" in s and eval_product(s) is False]
         products += operators.count("*")
