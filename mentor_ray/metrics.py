@@ -119,8 +119,9 @@ def rollout_metrics(rows: list[RolloutRow]) -> dict[str, float]:
         metrics[f"rollout/{label}_response_length"] = _mean(len(row["response_token_ids"]) for row in group)
         metrics.update({f"habits/{label}_{name}": rate for name, rate in habit_rates(row["response_text"] for row in group).items()})
         # Whether the useful habits pay: accuracy of this kind's responses with one and without.
-        with_useful = [row["accuracy"] for row in group if habit_counts(row["response_text"])["useful"] > 0]
-        without_useful = [row["accuracy"] for row in group if habit_counts(row["response_text"])["useful"] == 0]
+        has_useful = [habit_counts(row["response_text"])["useful"] > 0 for row in group]
+        with_useful = [row["accuracy"] for row, useful in zip(group, has_useful) if useful]
+        without_useful = [row["accuracy"] for row, useful in zip(group, has_useful) if not useful]
         if with_useful:
             metrics[f"habits/{label}_accuracy_with_useful"] = _mean(with_useful)
         if without_useful:
