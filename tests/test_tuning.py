@@ -845,3 +845,107 @@ def test_a_sweep_can_choose_the_method_and_each_trial_runs_it(tmp_path):
         assert config.algorithm.method == method
         assert (config.rollout.n_mixed > 0) == (method == "mentor")
         assert config.rollout.n_on_policy == 8  # the ratio's N1 whatever the method
+
+
+# --- each method tuned with the same budget (tuning.methods) ---------------------------------
+
+
+@pytest.mark.parametrize("world", ["hesitant", "habits"])
+def test_the_shipped_methods_sweeps_give_every_method_the_same_budget(world):
+    from tuning.methods import load_methods_sweep
+
+    specs = load_methods_sweep(REPO / "tuning" / "sweeps" / f"methods_{world}.yaml")
+    assert list(specs) == ["mentor", "luffy", "questa"]
+    budgets = set()
+    for method, spec in specs.items():
+        check_sweep(spec)
+        assert spec.overrides["algorithm.method"] == method and spec.asha is None
+        assert Path(spec.experiment).parent.name == f"{world}-methods" and Path(spec.experiment).name == method
+        budgets.add(repr(({k: v for k, v in spec.overrides.items() if k != "algorithm.method"}, spec.search, spec.base_config)))
+        trial = trial_config(spec, full_points(spec)[0])
+        assert trial.algorithm.method == method and (trial.rollout.n_mixed > 0) == (method == "mentor")
+        assert f"toy://{world}/" in trial.model.policy_path
+    assert len(budgets) == 1
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"methods": {"mentor": {"parameters": {QUANTILE: {"uniform": [0.8, 0.99]}}}}}, "at least two method names"),
+    ({"methods": {"mentor": {"parameters": {QUANTILE: {"uniform": [0.8, 0.99]}}}, "lufy": {"parameters": {}}}},
+     "methods.lufy: not a method"),
+    ({"methods": {"mentor": {"parameters": {QUANTILE: {"uniform": [0.8, 0.99]}}},
+                  "luffy": {"parameters": {"algorithm.shaping_gamma": {"uniform": [0.1, 0.5]}}, "search": {"num_trials": 9}}}},
+     "the budget: overrides, search and asha, is shared"),
+    ({"overrides": {"algorithm.method": "luffy"}}, "overrides.algorithm.method: each method's sweep sets it"),
+    ({"methods": {"mentor": {"parameters": {QUANTILE: {"uniform": [0.8, 0.99]}}},
+                  "questa": {"parameters": {"algorithm.hint_fractoin": {"uniform": [0.25, 0.75]}}}}}, "hint_fractoin"),
+])
+def test_a_bad_methods_sweep_is_refused_naming_the_method_and_key(tmp_path, change, message):
+    from tuning.methods import load_methods_sweep
+
+    data = {"name": "m", "storage": str(tmp_path), "base_config": RECIPE, "overrides": {"total_steps": 3},
+            "search": {"num_trials": 2}, "asha": None,
+            "methods": {"mentor": {"parameters": {QUANTILE: {"uniform": [0.8, 0.99]}}},
+                        "luffy": {"parameters": {"algorithm.shaping_gamma": {"loguniform": [0.01, 1.0]}}}}}
+    data.update(change)
+    path = tmp_path / "methods.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=message):
+        load_methods_sweep(path)
+
+
+def _method_experiment(root: Path, method: str, key: str, trials: dict, total_steps: int = 10) -> Path:
+    """One method's sweep folder as tuning.sweep leaves it: `trials` id -> (value of `key`,
+    status, last step, {step: validation accuracy}); validation also at step 0 (0.27)."""
+    from mentor_ray.config import load_config, save_config
+
+    root.mkdir(parents=True)
+    (root / "sweep.yaml").write_text(yaml.safe_dump({
+        "name": method, "storage": str(root.parent), "base_config": RECIPE,
+        "overrides": {"total_steps": total_steps, "eval.every_steps": 5, "algorithm.method": method},
+        "parameters": {key: {"uniform": [0.01, 0.99]}}, "search": {"num_trials": len(trials)}, "asha": None,
+    }))
+    ledger = []
+    for trial_id, (value, status, last, vals) in trials.items():
+        run_dir = root / "runs" / f"trial-{trial_id}"
+        run_dir.mkdir(parents=True)
+        mixed = [] if method == "mentor" else ["rollout.n_mixed=0"]
+        save_config(load_config(RECIPE, [f"algorithm.method={method}", *mixed, f"{key}={value}", f"total_steps={total_steps}"]),
+                    run_dir / "config.yaml")
+        records = [{"step": 0, "val/greedy_accuracy": 0.27}]
+        records += [{"step": s, "rollout/entropy_mean": 0.2, **({"val/greedy_accuracy": vals[s]} if s in vals else {})}
+                    for s in range(1, last + 1)]
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        ledger.append({"trial_id": trial_id, "params": {key: value}, "run_dir": str(run_dir), "status": status,
+                       "steps": last, "error": None, "last": {}})
+    (root / "trials.json").write_text(json.dumps(ledger))
+    return root
+
+
+def test_the_methods_report_ranks_every_trial_at_one_step_and_names_each_methods_best(tmp_path):
+    from tuning.methods import compare_methods, write_methods_report
+
+    root = tmp_path / "w-methods"
+    _method_experiment(root / "mentor", "mentor", QUANTILE, {
+        "m1": (0.95, "finished", 10, {5: 0.40, 10: 0.50}),
+        "m2": (0.85, "finished", 10, {5: 0.45, 10: 0.30}),
+        "m3": (0.90, "finished", 10, {5: 0.35, 10: 0.42}),
+    })
+    # l3 finished after 5 steps, so every trial is compared at step 5, where l1 leads LUFFY
+    # (l2 would at step 10) and m2 leads MENTOR (m1 would at step 10).
+    _method_experiment(root / "luffy", "luffy", "algorithm.shaping_gamma", {
+        "l1": (0.1, "finished", 10, {5: 0.48, 10: 0.44}),
+        "l2": (0.5, "finished", 10, {5: 0.41, 10: 0.60}),
+        "l3": (0.05, "finished", 5, {5: 0.20}),
+    })
+    _, comparison, bests = compare_methods(root, ["mentor", "luffy"])
+    assert comparison.step == 5
+    assert [(b.method, b.best.trial_id, b.best_value) for b in bests] == [("luffy", "l1", 0.48), ("mentor", "m2", 0.45)]
+    assert bests[0].median_value == pytest.approx(0.41) and bests[1].median_value == pytest.approx(0.40)
+    assert bests[0].searched == {"algorithm.shaping_gamma": 0.1}
+
+    report = write_methods_report(root, ["mentor", "luffy"])
+    lines = [line for line in report.read_text().splitlines() if line.startswith("| ")]
+    assert lines[1].startswith("| LUFFY | 3 (3) | l1 | 0.480 | 0.410 | 0.440 | 0.270 | algorithm.shaping_gamma=0.100")
+    assert lines[2].startswith("| MENTOR | 3 (3) | m2 | 0.450 | 0.400 | 0.300 | 0.270 |")
+    assert (report.parent / "best_trials.png").stat().st_size > 5000
+    assert (report.parent / "luffy" / "report.md").is_file() and (report.parent / "mentor" / "report.md").is_file()

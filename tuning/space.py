@@ -312,7 +312,14 @@ def _base_tree(spec: SweepSpec) -> dict[str, Any]:
         tree = load_config_tree(spec.base_config) if spec.base_config else {}
     for key, value in spec.overrides.items():
         set_dotted(tree, str(key), value)
+    _no_mixed_samples_unless_the_method_makes_them(tree)
     return tree
+
+
+def _no_mixed_samples_unless_the_method_makes_them(tree: dict[str, Any]) -> None:
+    method = tree.get("algorithm", {}).get("method", "mentor")
+    if method in METHODS and not METHODS[method].makes_mixed_samples:
+        set_dotted(tree, "rollout.n_mixed", 0)
 
 
 def scaled(spec: SweepSpec, parameter: Parameter, value: Any) -> Any:
@@ -336,9 +343,7 @@ def trial_config(spec: SweepSpec, params: dict[str, Any], run_root: str | None =
             _set_guidance_ratio(tree, float(value))
         else:
             set_dotted(tree, key, value)
-    method = params.get(METHOD, tree.get("algorithm", {}).get("method", "mentor"))
-    if method in METHODS and not METHODS[method].makes_mixed_samples:
-        set_dotted(tree, "rollout.n_mixed", 0)  # after a swept guidance ratio: the method decides
+    _no_mixed_samples_unless_the_method_makes_them(tree)  # after a swept ratio or method: the method decides
     if run_root is not None:
         set_dotted(tree, "logging.run_root", run_root)
     if run_name is not None:
