@@ -152,7 +152,7 @@ def _curves_figure(loaded, bests: list[MethodBest], step: int | None):
 
     figure = _figure(figsize=(8, 4.5))
     axis = figure.add_subplot()
-    colors = dict(zip([b.method for b in bests], ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
+    colors = dict(zip(loaded, ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple")))
     for method, (_, rows) in loaded.items():
         for row in rows:
             points = row.validations()
@@ -185,7 +185,7 @@ def write_methods_report(root: str | Path, methods: list[str]) -> Path:
     any_config = next((row.config for _, rows in loaded.values() for row in rows if row.config is not None), None)
     steps = any_config.total_steps if any_config is not None else "?"
     asha = f"ASHA on {spec.asha.metric} from step {spec.asha.grace_period}" if spec.asha else "no early stopping"
-    shared = yaml.safe_dump({k: v for k, v in spec.overrides.items() if k != METHOD}, default_flow_style=True).strip()
+    shared = yaml.safe_dump({k: v for k, v in spec.overrides.items() if k != METHOD}, default_flow_style=True, width=10_000).strip()
     measured = "greedy validation accuracy" if comparison.quantity == VAL else "running on-policy accuracy"
     budget = (f"Budget per method: {spec.search.num_trials} trials of {steps} steps ({spec.search.algorithm} search, "
               f"seed {spec.search.seed}, {asha}); the same overrides for all: `{shared}`.")
