@@ -43,7 +43,7 @@ import yaml
 from mentor_ray import storage
 from mentor_ray.config import ConfigError
 from mentor_ray.core.methods import METHODS
-from tuning.space import METHOD, SweepSpec, sweep_from_dict
+from tuning.space import METHOD, SweepSpec, read_yaml_mapping, sweep_from_dict
 
 BUDGET_KEYS = ("name", "storage", "base_config", "overrides", "search", "asha")
 PER_METHOD_KEYS = ("parameters", "points_to_evaluate")
@@ -53,15 +53,8 @@ REPORT_FOLDER = "report"
 def load_methods_sweep(path: str | Path, storage_root: str | None = None) -> dict[str, SweepSpec]:
     """Each method's sweep, in the file's order; every problem of every method in one error."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"methods sweep file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"methods sweep file {path} is not valid YAML: {error}") from error
+    data = read_yaml_mapping(path, "methods sweep file")
     source = f"methods sweep file {path}"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: must hold a mapping at the top level")
     problems = [f"{key}: unknown key (allowed: {sorted((*BUDGET_KEYS, 'methods'))})"
                 for key in sorted(set(data) - {*BUDGET_KEYS, "methods"})]
     methods = data.get("methods")
@@ -217,22 +210,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="write the report of sweeps already run; train nothing")
     parser.add_argument("--verbose", action="store_true", help="show library logs on the console")
     args = parser.parse_args(argv)
-    try:
+    from tuning.sweep import exit_code_of
+
+    def run() -> None:
         specs = load_methods_sweep(args.config, args.storage)
         if args.report_only:
             report = write_methods_report(storage.parent(next(iter(specs.values())).experiment), list(specs))
         else:
             report = run_methods(specs, ray_address=args.address, verbose=args.verbose)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except Exception as error:  # noqa: BLE001 - a failure after start-up ends the console in one line
-        from pipelines.train import failure_line
+        print(f"methods report: {report}")
 
-        print(f"error: {failure_line(error)}", file=sys.stderr)
-        return 1
-    print(f"methods report: {report}")
-    return 0
+    return exit_code_of(run)
 
 
 if __name__ == "__main__":

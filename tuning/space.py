@@ -202,18 +202,24 @@ def _settings(cls: type, data: Any, where: str, problems: list[str]) -> Any:
     return cls(**data)
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """A YAML file holding a mapping; anything else is a ConfigError naming `what` and the path."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{what} {path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
+    return data
+
+
 def load_sweep(path: str | Path, storage: str | None = None) -> SweepSpec:
     """Reads a sweep file; `check_sweep` then tests it against the run config. `storage`, if
     given, replaces the file's `storage`."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"sweep file {path} is not valid YAML: {error}") from error
-    if not isinstance(data, dict):
-        raise ConfigError(f"sweep file {path} must hold a mapping at the top level")
+    data = read_yaml_mapping(path, "sweep file")
     if storage is not None:
         data["storage"] = storage
     return sweep_from_dict(data, f"sweep file {path}", base_dir=path.parent)

@@ -546,9 +546,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--verbose", action="store_true", help="show library logs on the console")
     args = parser.parse_args(argv)
+    return exit_code_of(lambda: run_sweep(load_sweep(args.config, storage=args.storage), ray_address=args.address,
+                                          verbose=args.verbose))
+
+
+def exit_code_of(action) -> int:
+    """A command's exit status: 0, 2 for a bad sweep (one line), 1 for a failure after start-up
+    (one line naming the log)."""
     try:
-        spec = load_sweep(args.config, storage=args.storage)
-        run_sweep(spec, ray_address=args.address, verbose=args.verbose)
+        action()
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
