@@ -159,6 +159,7 @@ def run_training(
     hooks=None,
     verbose: bool = False,
     cluster_file: str | None = None,
+    warm_actors=None,
 ) -> RunSummary:
     """One whole loop from a typed config; returns its summary. The CLI and a Tune trial both
     call this. A loop that stops itself (too many NaN updates) returns too, with
@@ -169,6 +170,9 @@ def run_training(
     verbose: library logs on the console instead of the run folder's run.log.
     cluster_file: the Ray cluster file a GPU recipe is planned on (pipelines.plan; default the
         repository's cluster.yaml).
+    warm_actors: a `pipelines.roles.WarmActors` that outlives the run: the run takes over its
+        idle engines and graders built alike and hands its own back at the end (a caller that
+        makes several runs in turn on one Ray instance).
     """
     from mentor_ray import storage
     from mentor_ray.config import save_config
@@ -195,7 +199,7 @@ def run_training(
     log_file = storage.join(run_dir, RUN_LOG_FILE)
     try:
         summary = _run(
-            config, run_dir, paths, resume_from, console, ray_address, tuple(callbacks), hooks, started,
+            config, run_dir, paths, resume_from, console, ray_address, tuple(callbacks), hooks, started, warm_actors,
         )
         if summary.stopped is not None:
             console.say(f"stopped: {summary.stopped}; run folder {summary.run_dir}")
@@ -301,7 +305,7 @@ def _training_problems(config, paths, tokenizer, say) -> tuple[list, dict[str, f
     return kept, counts, {p.problem_id: (list(traces[p.problem_id].token_ids), traces[p.problem_id].text) for p in kept}, None
 
 
-def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, hooks, started) -> RunSummary:
+def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, hooks, started, warm_actors) -> RunSummary:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -337,7 +341,8 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, h
     wait_for_room(config, ray, console.say)  # a cluster that cannot run it, refused before any work
     # A reused run folder may hold an earlier run's stop marker; only this run's may count.
     storage.delete_file(storage.join(run_dir, STOP_FILE))
-    roles = build_rollout_roles(config, paths.policy_ref, paths.expert_ref, wait=False)
+    roles = build_rollout_roles(config, paths.policy_ref, paths.expert_ref, wait=False, warm=warm_actors)
+    finished = False
     threading.Thread(target=_warm_up_quietly, name="warm-up-stage-workers", daemon=True).start()
     try:
         console_lines = console.start_relay()
@@ -371,8 +376,9 @@ def _run(config, run_dir, paths, resume_from, console, ray_address, callbacks, h
             # An engine that could not start explains a failed run best: say that first.
             roles.check_engines()
             raise result.error
+        finished = True
     finally:
-        roles.shutdown()
+        roles.shutdown(keep_warm=finished)
 
     history = read_metrics(storage.join(run_dir, METRICS_FILE))
     plot_runs({paths.run_name: run_dir}, console.run_dir / "plots")

@@ -22,27 +22,18 @@ def small_train_set(toy_world, tmp_path_factory):
     return path
 
 
-def _run(method, tmp_path, train_path, *extra):
-    """One short run; the Ray instance the first run starts serves the second (the test shuts it down)."""
+def _run(method, tmp_path, train_path, warm, *extra):
+    """One short run, on the module's Ray instance and engines."""
     from mentor_ray.toy_world import TOY_SYSTEM_PROMPT
 
     config = short_config(tmp_path, *method_overrides(method), f"logging.run_name={method}", "total_steps=1",
                           f"data.train_path={train_path}", f"algorithm.expert_traces_dir={tmp_path / 'traces'}", *extra)
     config.data.system_prompt = TOY_SYSTEM_PROMPT  # a file of toy problems, asked as the toy world asks
-    return run_training(config), config
+    return run_training(config, warm_actors=warm), config
 
 
-def test_luffy_then_questa_train_on_the_same_stored_traces(toy_world, tmp_path, small_train_set):
-    import ray
-
-    try:
-        _luffy_then_questa(toy_world, tmp_path, small_train_set)
-    finally:
-        ray.shutdown()
-
-
-def _luffy_then_questa(toy_world, tmp_path, small_train_set):
-    luffy, luffy_config = _run("luffy", tmp_path, small_train_set)
+def test_luffy_then_questa_train_on_the_same_stored_traces(toy_world, tmp_path, small_train_set, warm_runs):
+    luffy, luffy_config = _run("luffy", tmp_path, small_train_set, warm_runs)
     assert luffy.steps == 1 and luffy.stopped is None
     assert (tmp_path / "luffy").name in luffy.run_dir
     (trace_file,) = (tmp_path / "traces").glob("*.jsonl")
@@ -61,7 +52,7 @@ def _luffy_then_questa(toy_world, tmp_path, small_train_set):
 
     # At most 3 of 8 (the authors keep at most 1): the toy policy solves 30% of its samples, so
     # at most 1 would leave fewer of these 32 problems than a step's 8 prompts.
-    questa, _ = _run("questa", tmp_path, small_train_set, "algorithm.hint_select_max_correct=3")
+    questa, _ = _run("questa", tmp_path, small_train_set, warm_runs, "algorithm.hint_select_max_correct=3")
     assert questa.steps == 1 and questa.stopped is None
     assert list((tmp_path / "traces").glob("*.jsonl")) == [trace_file]  # built once, reused
     assert 0.5 < questa.metrics["data/questa_hinted_share"] <= 1

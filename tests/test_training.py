@@ -111,11 +111,9 @@ def _step_metrics(run_dir, step):
     return next(r for r in read_metrics(storage.join(str(run_dir), "metrics.jsonl")) if r["step"] == step)
 
 
-def test_resume_from_a_bucket_continues_the_same_run(short_run, s3_bucket, monkeypatch):
+def test_resume_from_a_bucket_continues_the_same_run(short_run, s3_bucket, monkeypatch, warm_runs):
     """The run folder in an S3 bucket (moto on loopback): resumed there at step 2, step 3
     reproduces the uninterrupted run's step 3, and the resumed run writes only to the bucket."""
-    import ray
-
     from mentor_ray import storage
     from pipelines.loop import CLIENT_STATE_FILE
 
@@ -127,8 +125,8 @@ def test_resume_from_a_bucket_continues_the_same_run(short_run, s3_bucket, monke
         storage.join(uploaded, name.rpartition("/")[0]) for name in storage.list_files(uploaded, recursive=True)
         if name.endswith(CLIENT_STATE_FILE) and json.loads(storage.read_text(storage.join(uploaded, name)))["step"] == 2
     )
-    resumed = run_training(short_config(s3_bucket.uri("resume-test"), "logging.run_name=resumed", f"checkpoint.resume_from={checkpoint}"))
-    ray.shutdown()
+    resumed = run_training(short_config(s3_bucket.uri("resume-test"), "logging.run_name=resumed", f"checkpoint.resume_from={checkpoint}"),
+                           warm_actors=warm_runs)
     assert resumed.run_dir == s3_bucket.uri("resume-test", "resumed")
     assert [r["step"] for r in read_metrics(storage.join(resumed.run_dir, "metrics.jsonl"))] == [3]
     original, again = _step_metrics(short_run.run_dir, 3), _step_metrics(resumed.run_dir, 3)
@@ -178,14 +176,12 @@ def _trained_versions(folder: Path, rank: int = 0) -> dict[int, set[int]]:
     return {r["step"]: {version for batch in r["mini_batches"] for *_, version in batch} for r in records}
 
 
-def test_two_learner_workers_train_as_one_and_stop_together_on_nan(short_run, tmp_path):
+def test_two_learner_workers_train_as_one_and_stop_together_on_nan(short_run, tmp_path, warm_runs):
     """The loop with 2 DeepSpeed learner workers: each rank trains on its own half of every
     global mini-batch, and the run's numbers equal the 1-worker run of the same seed (float noise:
     the gradient all-reduce sums in another order). Then NaN losses on every rank: step 3's
     updates are skipped (weights untouched) and past the limit, at step 4, both ranks stop
     cleanly: no checkpoint or model from the poisoned step, and the error says why."""
-    import ray
-
     from pipelines.loop import CLIENT_STATE_FILE, STOP_FILE
 
     (tmp_path / "shards").mkdir()
@@ -199,8 +195,8 @@ def test_two_learner_workers_train_as_one_and_stop_together_on_nan(short_run, tm
         _config(tmp_path, "logging.run_name=two", "scaling.num_learner_workers=2", "total_steps=4",
                 "checkpoint.every_steps=1", "checkpoint.keep_last=3", "max_skipped_updates=2"),
         hooks=LoopHooks(nan_loss_at_steps=(3, 4), shard_record_dir=str(tmp_path / "shards")),
+        warm_actors=warm_runs,
     )
-    ray.shutdown()
     one_worker = _shard_records(Path(short_run.run_dir).parent / "shards", 0)
     rank0, rank1 = _shard_records(tmp_path / "shards", 0), _shard_records(tmp_path / "shards", 1)
     assert sorted(rank0) == sorted(rank1) == [1, 2, 3, 4]
@@ -245,7 +241,7 @@ def test_two_learner_workers_train_as_one_and_stop_together_on_nan(short_run, tm
         assert torch.equal(tensor, after_step_2[name]), name
 
 
-def test_first_ppo_ratio_is_one(toy_world, local_ray):
+def test_first_ppo_ratio_is_one(toy_world, warm_runs):
     """For freshly synced weights the learner's log-probs of sampled tokens equal the engine's,
     at any sampling temperature: both score the distribution the engine sampled from."""
     from transformers import AutoTokenizer
@@ -261,7 +257,7 @@ def test_first_ppo_ratio_is_one(toy_world, local_ray):
     base = _config(Path("/tmp"), "rollout.n_mixed=0", "model.expert_path=null")
     tokenizer = AutoTokenizer.from_pretrained(toy_world.policy_dir)
     problems, _ = load_tokenized_problems(str(toy_world.train_path), base, tokenizer, TOY_SYSTEM_PROMPT, "train", limit=8)
-    roles = build_rollout_roles(base, str(toy_world.policy_dir), None)
+    roles = build_rollout_roles(base, str(toy_world.policy_dir), None, warm=warm_runs)
     try:
         for version, temperature in enumerate((1.0, 0.7), start=1):
             config = _config(Path("/tmp"), "rollout.n_mixed=0", "model.expert_path=null", f"rollout.temperature={temperature}")
@@ -317,7 +313,7 @@ def _kill_learner_workers_after(metrics_path: Path, step: int, killed: dict) -> 
         time.sleep(0.2)
 
 
-def test_mentor_lifts_the_toy_policy_with_a_step_in_flight_through_a_learner_restart(toy_world, tmp_path):
+def test_mentor_lifts_the_toy_policy_with_a_step_in_flight_through_a_learner_restart(toy_world, tmp_path, warm_runs):
     """Six MENTOR steps of the embedded recipe (seed 42) with one step of overlap
     (rollout.max_staleness=1) already make the policy unlearn its stop-early habit: validation
     accuracy jumps, and guided samples out-earn on-policy ones. Every row trained at step k was
@@ -325,8 +321,6 @@ def test_mentor_lifts_the_toy_policy_with_a_step_in_flight_through_a_learner_res
     step 3, with step 4's rollout in flight: Ray Train restarts it from the step-2 checkpoint,
     which stored step 3's finished rollout; the re-run step 3 repeats the first one, and
     metrics.jsonl holds every step once."""
-    import ray
-
     config = load_config(DEFAULT_RECIPE, [
         f"logging.run_root={tmp_path}", "logging.run_name=learns", "total_steps=6", "eval.every_steps=6",
         "eval.max_problems=64", "checkpoint.every_steps=2", "rollout.max_staleness=1",
@@ -337,10 +331,9 @@ def test_mentor_lifts_the_toy_policy_with_a_step_in_flight_through_a_learner_res
     killer = threading.Thread(target=_kill_learner_workers_after, args=(metrics_path, 3, killed), daemon=True)
     killer.start()
     try:
-        summary = run_training(config, hooks=LoopHooks(shard_record_dir=str(tmp_path / "shards")))
+        summary = run_training(config, hooks=LoopHooks(shard_record_dir=str(tmp_path / "shards")), warm_actors=warm_runs)
     finally:
         killer.join(timeout=5)
-        ray.shutdown()
     assert "pid" in killed, f"the learner worker was never killed: {killed}"
     assert summary.steps == 6
     # The lines logged after the checkpoint were replaced by the re-run's: each step once.
