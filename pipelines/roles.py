@@ -507,7 +507,7 @@ def build_rollout_roles(
 
     def engine(kind: EngineKind, engine_kwargs: dict[str, Any]) -> Any:
         blueprints.append(engine_blueprint(kind, engine_kwargs, config))
-        start = lambda: start_engine_actor(kind, engine_kwargs, weight_store, config)  # noqa: E731
+        start = lambda: start_engine_actor(kind, engine_kwargs, weight_store, config)
         return warm.take(blueprints[-1], start) if warm is not None else start()
 
     policy_engines = [engine("policy", {"model_dir": policy_dir, "settings": engine_settings(config, i)})

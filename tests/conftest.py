@@ -49,18 +49,12 @@ def warm_runs(s3_bucket):
     from pipelines.roles import WarmActors
     from pipelines.train import DEFAULT_RECIPE, connect_ray
 
+    from s3_server import environ
+
     if ray.is_initialized():
         ray.shutdown()
-    saved = {key: os.environ.get(key) for key in s3_bucket.env}
-    os.environ.update(s3_bucket.env)  # the local instance's processes inherit it
-    try:
+    with environ(s3_bucket.env):  # the local instance's processes inherit it
         connect_ray(load_config(DEFAULT_RECIPE), log_to_driver=False)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     warm = WarmActors()
     try:
         yield warm
