@@ -39,7 +39,7 @@ def local_ray():
 def warm_runs(s3_bucket):
     """A module's runs in turn on one local Ray instance, started as a run starts its own, and
     one engine and grader set (`pipelines.roles.WarmActors`): pass it to
-    `run_training(..., warm_actors=warm_runs)`. A run then sets up in about a third of the time
+    `run_training(..., warm_actors=warm_runs)`. A later run then takes about half the time
     (no Ray start, no vLLM import); a run of the same seed still equals a fresh one (the loop's
     first publish loads the run's own starting weights). The workers see the bucket's
     environment, as they would had the user exported it, so a run may keep its folder there."""

@@ -289,7 +289,7 @@ def test_every_method_trains_on_every_seed(tmp_path, monkeypatch):
 
     trained = []
 
-    def fake_training(config):
+    def fake_training(config, **_):
         run_dir = Path(config.logging.run_root) / config.logging.run_name
         run_dir.mkdir(parents=True)
         (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 0, "val/greedy_accuracy": 0.2, "rollout/entropy_mean": 0.1}) + "\n")
@@ -319,7 +319,7 @@ def test_every_method_trains_on_every_seed(tmp_path, monkeypatch):
 def test_a_method_the_recipe_cannot_run_stops_before_any_training(tmp_path, monkeypatch, capsys):
     from pipelines import compare
 
-    monkeypatch.setattr(compare, "run_training", lambda config: pytest.fail("trained"))
+    monkeypatch.setattr(compare, "run_training", lambda config, **_: pytest.fail("trained"))
     # Without an expert MENTOR runs (as plain GRPO), LUFFY cannot: it is refused before MENTOR trains.
     assert compare_main(["--methods", "mentor,luffy", f"logging.run_root={tmp_path}", "rollout.n_mixed=0",
                          "model.expert_path=null"]) == 2

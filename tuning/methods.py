@@ -103,7 +103,7 @@ def run_methods(specs: dict[str, SweepSpec], *, ray_address: str | None = None, 
         say(f"method {i}/{len(specs)}: {METHODS[method].display_name} ({spec.experiment})")
         run_sweep(spec, ray_address=ray_address, verbose=verbose, say=say)
         if ray_address is None:
-            ray.shutdown()  # each method's sweep on a fresh local instance, as compare does
+            ray.shutdown()  # each method's sweep on a fresh local instance: no leftover of one reaches the next
     return write_methods_report(storage.parent(next(iter(specs.values())).experiment), list(specs))
 
 
