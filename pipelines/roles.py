@@ -354,6 +354,10 @@ class RolloutRoles:
             ray.kill(actor)
 
 
+# How long a run waits for an idle actor it takes over to answer (it may be restarting an engine).
+TAKE_OVER_TIMEOUT_S = 120.0
+
+
 class WarmActors:
     """Engines and graders kept alive between the runs one driver process makes in turn on
     one Ray instance (the test suite's modules). A run takes over an idle actor built exactly
@@ -378,11 +382,19 @@ class WarmActors:
         return self._store
 
     def take(self, blueprint: str, start: Callable[[], Any]) -> Any:
+        """An idle actor with this blueprint, else `start()`. An idle actor that does not answer
+        within TAKE_OVER_TIMEOUT_S (dead, or stuck restarting) is stopped, not waited on."""
         for index, (idle_blueprint, actor) in enumerate(self._idle):
-            if idle_blueprint == blueprint:
-                del self._idle[index]
-                ray.get(actor.busy_intervals.remote())  # the last run's work stays on its timeline
-                return actor
+            if idle_blueprint != blueprint:
+                continue
+            del self._idle[index]
+            try:
+                # The last run's work stays on the last run's timeline.
+                ray.get(actor.busy_intervals.remote(), timeout=TAKE_OVER_TIMEOUT_S)
+            except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                ray.kill(actor)
+                return start()
+            return actor
         return start()
 
     def stop_unclaimed(self) -> None:
@@ -440,11 +452,12 @@ def start_weight_store() -> Any:
 
 
 def _engine_options(config: MentorConfig) -> dict[str, Any]:
+    """The run-dependent Ray options of an engine actor (its blueprint reads the same)."""
     return {
         "num_cpus": config.scaling.cpus_per_engine,
         "num_gpus": config.scaling.gpus_per_engine if config.scaling.use_gpu else 0,
         "runtime_env": {"env_vars": engine_environment(config)},
-        "label_selector": dict(config.placement.engines),
+        **placement_options(config.placement.engines),
     }
 
 
@@ -462,17 +475,13 @@ def engine_blueprint(kind: EngineKind, engine_kwargs: dict[str, Any], config: Me
 
 def start_engine_actor(kind: EngineKind, engine_kwargs: dict[str, Any], weight_store: Any, config: MentorConfig):
     """A `RolloutEngineActor` with the run's resources; `engine_kwargs` go to `build_engine`."""
-    options = _engine_options(config)
     actor_class = ray.remote(RolloutEngineActor)
     return actor_class.options(
-        num_cpus=options["num_cpus"],
-        num_gpus=options["num_gpus"],
-        runtime_env=options["runtime_env"],
+        **_engine_options(config),
         # Restart a dead engine and resubmit its in-flight call there (see module docstring).
         max_restarts=-1,
         max_task_retries=-1,
         scheduling_strategy=OUTSIDE_CALLER_PLACEMENT_GROUP,
-        **placement_options(config.placement.engines),
     ).remote(kind, engine_kwargs, weight_store)
 
 
@@ -505,10 +514,13 @@ def build_rollout_roles(
     weight_store = warm.weight_store() if warm is not None else start_weight_store()
     blueprints: list[str] = []
 
+    def actor(blueprint: str, start: Callable[[], Any]) -> Any:
+        blueprints.append(blueprint)
+        return warm.take(blueprint, start) if warm is not None else start()
+
     def engine(kind: EngineKind, engine_kwargs: dict[str, Any]) -> Any:
-        blueprints.append(engine_blueprint(kind, engine_kwargs, config))
-        start = lambda: start_engine_actor(kind, engine_kwargs, weight_store, config)
-        return warm.take(blueprints[-1], start) if warm is not None else start()
+        return actor(engine_blueprint(kind, engine_kwargs, config),
+                     lambda: start_engine_actor(kind, engine_kwargs, weight_store, config))
 
     policy_engines = [engine("policy", {"model_dir": policy_dir, "settings": engine_settings(config, i)})
                       for i in range(config.scaling.num_policy_engines)]
@@ -516,8 +528,7 @@ def build_rollout_roles(
         engine("mixed", {"policy_dir": policy_dir, "expert_dir": expert_dir, "settings": engine_settings(config, 1000 + i)})
         for i in range(config.scaling.num_mixed_engines if config.guided else 0)
     ]
-    blueprints.append(grader_blueprint(config))
-    reward_actors = [warm.take(blueprints[-1], lambda: start_reward_actor(config)) if warm is not None else start_reward_actor(config)]
+    reward_actors = [actor(grader_blueprint(config), lambda: start_reward_actor(config))]
     if warm is not None:
         warm.stop_unclaimed()
     roles = RolloutRoles(policy_engines, mixed_engines, reward_actors, weight_store, warm, blueprints)

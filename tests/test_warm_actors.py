@@ -74,7 +74,15 @@ def test_warm_actors_hand_back_what_matches_and_stop_what_no_run_takes(local_ray
     assert started == ["a", "b", "c"]
     warm.stop_unclaimed()  # "b" holds resources the run may need
     assert _dies(ray, first_b.pid) and not _dies(ray, again.pid, within_s=2)
-    warm.give_back([("a", again)])
+    # An idle actor that died meanwhile is not handed out: the run starts a new one.
+    dead = warm.take("d", start("d"))
+    ray.kill(dead)
+    assert _dies(ray, dead.pid)
+    warm.give_back([("d", dead)])
+    replacement = warm.take("d", start("d"))
+    assert replacement is not dead and started == ["a", "b", "c", "d", "d"]
+    assert not _dies(ray, replacement.pid, within_s=2)
+    warm.give_back([("a", again), ("d", replacement)])
     warm.close()
     assert _dies(ray, again.pid) and _dies(ray, store.latest)
 
